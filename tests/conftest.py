@@ -1,0 +1,297 @@
+"""Shared fixtures: build once, run a stage binary, serve and stop it, and
+prove from outside that nothing was left behind.
+
+How "nothing left behind" is proven, without sleeps:
+  * every binary we start gets the write end of a pipe (the "watch" pipe) in
+    its descriptor table and passes it on to every child it forks; once the
+    binary and all its descendants have exited, the read end reports EOF. We
+    wait for that EOF with a bound;
+  * every binary is started in its own session, and after it ends no process
+    may remain in its process group;
+  * the test process itself must hold the same descriptors after a test as
+    before it (a test that forgot to close a socket fails too).
+
+Environment: SAN=1 (set by `make check`) runs the sanitizer build in
+build-asan/ instead of the in-place binaries.
+"""
+
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAN = os.environ.get("SAN") == "1"
+OUT = ROOT / "build-asan" if SAN else ROOT
+
+# Bounds, in seconds. Generous: the sanitizer build is slower, and CI
+# machines are small. A test that needs one of them is a failing test.
+WAIT = 20.0  # for something that must happen
+RUN = 60.0  # for a whole demo run
+
+
+def binary(rel):
+    """Path of a stage binary, e.g. binary("03-scm-rights/scm_rights")."""
+    return str(OUT / rel)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def build():
+    """Build once per session (a no-op when `make test` already built)."""
+    cmd = ["make", "-s", "all"] + (["SAN=1"] if SAN else [])
+    subprocess.run(cmd, cwd=ROOT, check=True, timeout=600)
+
+
+def _open_fds():
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture(autouse=True)
+def no_fd_leak_in_test():
+    """The test itself must close every socket, pipe and file it opened."""
+    before = _open_fds()
+    yield
+    # listdir opens a descriptor of its own; both snapshots include one.
+    leaked = _open_fds() - before
+    leaked = {fd for fd in leaked if os.path.exists(f"/proc/self/fd/{fd}")}
+    assert not leaked, f"the test left descriptors open: {sorted(leaked)}"
+
+
+def wait_eof(fd, timeout=WAIT):
+    """Wait (bounded) until fd reports end-of-file; returns True if it did.
+    Data that arrives first is read and discarded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        r, _, _ = select.select([fd], [], [], left)
+        if not r:
+            return False
+        if os.read(fd, 65536) == b"":
+            return True
+
+
+def processes_in_group(pgid):
+    """PIDs of live (not zombie) processes whose process group is pgid."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # fields after the ")" that ends the command name: state ppid pgrp ...
+        rest = stat[stat.rindex(")") + 2 :].split()
+        if int(rest[2]) == pgid and rest[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+class Watch:
+    """The watch pipe: hand `wfd` to a process, then `gone()` proves that it
+    and every descendant that inherited it have exited."""
+
+    def __init__(self):
+        self.rfd, self.wfd = os.pipe()
+        os.set_inheritable(self.wfd, True)
+
+    def started(self):
+        os.close(self.wfd)
+        self.wfd = -1
+
+    def gone(self, timeout=WAIT):
+        ok = wait_eof(self.rfd, timeout)
+        os.close(self.rfd)
+        if self.wfd >= 0:
+            os.close(self.wfd)
+        return ok
+
+
+class Result:
+    """What a finished run printed and returned."""
+
+    def __init__(self, proc, stdout, stderr):
+        self.returncode = proc.returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        self.lines = stdout.splitlines()
+
+    def result(self):
+        """The `result: k=v ...` line (last of its kind) as a dict of strings."""
+        lines = [l for l in self.lines if l.startswith("result: ")]
+        assert lines, f"no result line in:\n{self.stdout}\n{self.stderr}"
+        return dict(kv.split("=", 1) for kv in lines[-1][len("result: ") :].split())
+
+    def narration(self, role):
+        """Narration lines of one role, without their tag."""
+        pat = re.compile(r"^\[" + re.escape(role) + r" \d+\] (.*)$")
+        return [m.group(1) for l in self.lines if (m := pat.match(l))]
+
+
+def check_sanitizer(stderr):
+    assert "runtime error:" not in stderr and "Sanitizer" not in stderr, stderr
+
+
+def run(rel, *args, expect=0, timeout=RUN, env=None, **kw):
+    """Run a stage binary to completion, bounded; assert its exit code and
+    that it left no process behind. Returns a Result."""
+    watch = Watch()
+    proc = subprocess.Popen(
+        [binary(rel), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        pass_fds=[watch.wfd] + list(kw.pop("pass_fds", [])),
+        env=env,
+        **kw,
+    )
+    watch.started()
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        watch.gone(1)
+        pytest.fail(f"{rel} {' '.join(map(str, args))} did not finish within {timeout} s")
+    left = processes_in_group(proc.pid)
+    gone = watch.gone()
+    assert gone and not left, f"{rel} left processes behind: {left}"
+    check_sanitizer(err)
+    if expect is not None:
+        assert proc.returncode == expect, (
+            f"exit {proc.returncode}, expected {expect}\nstdout:\n{out}\nstderr:\n{err}"
+        )
+    return Result(proc, out, err)
+
+
+def read_trace(path):
+    """A --trace file: one JSON object per line."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class Server:
+    """A binary started with --serve --port 0. `port` comes from its first
+    line; stdout is drained by a thread into `lines` so it never blocks."""
+
+    def __init__(self, rel, args, env=None, pass_fds=()):
+        self.watch = Watch()
+        self.proc = subprocess.Popen(
+            [binary(rel), "--serve", "--port", "0", *map(str, args)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            pass_fds=[self.watch.wfd, *pass_fds],
+            env=env,
+        )
+        self.watch.started()
+        self.pid = self.proc.pid
+        self.lines = []
+        self.err_lines = []
+        self._line = threading.Condition()
+        self.first = self._first_line()
+        m = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)", self.first)
+        if not m:
+            self.stop(check=False)
+            pytest.fail(f"first line was {self.first!r}, not 'listening on 127.0.0.1:PORT'")
+        self.port = int(m.group(1))
+        self._threads = [
+            threading.Thread(target=self._drain, args=(self.proc.stdout, self.lines), daemon=True),
+            threading.Thread(target=self._drain, args=(self.proc.stderr, self.err_lines), daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _first_line(self):
+        fd = self.proc.stdout.fileno()
+        buf = b""
+        deadline = time.monotonic() + WAIT
+        while b"\n" not in buf:
+            left = deadline - time.monotonic()
+            r, _, _ = select.select([fd], [], [], max(left, 0))
+            if not r:
+                return buf.decode(errors="replace") + " (timed out)"
+            chunk = os.read(fd, 1)  # byte by byte: the rest belongs to the drain thread
+            if not chunk:
+                return buf.decode(errors="replace") + " (EOF)"
+            buf += chunk
+        return buf.decode().rstrip("\n")
+
+    def _drain(self, stream, into):
+        for raw in stream:
+            with self._line:
+                into.append(raw.decode(errors="replace").rstrip("\n"))
+                self._line.notify_all()
+
+    def wait_line(self, pattern, timeout=WAIT, stream="stdout"):
+        """Wait (bounded) for a line matching the regex; returns the match."""
+        pat = re.compile(pattern)
+        lines = self.lines if stream == "stdout" else self.err_lines
+        deadline = time.monotonic() + timeout
+        with self._line:
+            while True:
+                for l in lines:
+                    if m := pat.search(l):
+                        return m
+                left = deadline - time.monotonic()
+                if left <= 0 or self.proc.poll() is not None and not self._alive_threads():
+                    pytest.fail(f"no line matching {pattern!r} in {stream}: {lines[-20:]}")
+                self._line.wait(min(left, 0.5))
+
+    def _alive_threads(self):
+        return any(t.is_alive() for t in self._threads)
+
+    def stop(self, sig=signal.SIGTERM, check=True):
+        """Signal it, wait (bounded), and prove nothing was left behind."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout=WAIT)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.pid, signal.SIGKILL)
+            self.proc.wait()
+            self.watch.gone(1)
+            self._close()
+            pytest.fail("server did not exit within the bound after SIGTERM")
+        left = processes_in_group(self.pid)
+        gone = self.watch.gone()
+        self._close()
+        if check:
+            assert gone and not left, f"server left processes behind: {left}"
+            assert rc == 0, f"server exited {rc}; stderr: {self.err_lines}"
+            check_sanitizer("\n".join(self.err_lines))
+        return rc
+
+    def _close(self):
+        for t in getattr(self, "_threads", []):
+            t.join(WAIT)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+
+@pytest.fixture
+def serve():
+    """serve(rel, *args) -> Server; every server is stopped and checked at
+    teardown (unless the test already stopped it)."""
+    started = []
+
+    def start(rel, *args, **kw):
+        s = Server(rel, args, **kw)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        if s.proc.returncode is None:
+            s.stop()

@@ -78,8 +78,7 @@ int common_opt(struct common_opts *o, int c, const char *arg, const char *usage)
 		exit(0);
 	case '?':
 	case ':':
-		/* getopt has already named the option on stderr. */
-		fprintf(stderr, "%s: bad argument (see --help)\n", program_invocation_short_name);
+		/* getopt has already printed the one line, naming the option. */
 		exit(EXIT_USAGE);
 	default:
 		return 0;

@@ -295,3 +295,16 @@ def serve():
     for s in started:
         if s.proc.returncode is None:
             s.stop()
+
+
+def mermaid_of(result):
+    """The Mermaid diagram a --mermaid run printed (from `sequenceDiagram` on)."""
+    text = result.stdout
+    assert "sequenceDiagram" in text, "no diagram in the output"
+    return text[text.index("sequenceDiagram") :].strip()
+
+
+def readme_diagrams(stage_dir):
+    """Every ```mermaid block of a stage's README.md, stripped."""
+    text = (ROOT / stage_dir / "README.md").read_text()
+    return [b.split("```", 1)[0].strip() for b in text.split("```mermaid")[1:]]

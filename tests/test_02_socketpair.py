@@ -1,0 +1,80 @@
+"""Stage 02: the parent<->worker channel (socketpair).
+
+Checked from outside: each side closes the end it does not use (trace),
+messages both ways, the worker's end-of-file, two writes read as one on a
+stream socket and as two on a seqpacket socket, --keep-unused-end taking
+the end-of-file away, and the --serve relay answering through the worker.
+"""
+
+import socket
+
+import pytest
+
+from conftest import WAIT, mermaid_of, read_trace, readme_diagrams, run
+
+PROG = "02-socketpair/socketpair"
+
+
+def results(r):
+    return [dict(kv.split("=", 1) for kv in l[len("result: ") :].split()) for l in r.lines if l.startswith("result: ")]
+
+
+def test_demo_shows_both_types():
+    r = run(PROG)
+    by_type = {x["type"]: x for x in results(r)}
+    assert by_type["stream"]["reads"] == "1"  # "one"+"two" in one read
+    assert by_type["seqpacket"]["reads"] == "2"  # two messages stay two
+    assert all(x["eof_seen"] == "1" for x in by_type.values())
+
+
+@pytest.mark.parametrize("kind", ["stream", "seqpacket"])
+def test_each_side_closes_the_other_end(tmp_path, kind):
+    trace = tmp_path / "t.jsonl"
+    r = run(PROG, "--type", kind, "--trace", trace)
+    t = read_trace(trace)
+    (pair,) = [e for e in t if e["event"] == "socketpair"]
+    closes = {e["role"]: e["fd"] for e in t if e["event"] == "close"}
+    first_parent_close = next(e["fd"] for e in t if e["event"] == "close" and e["role"] == "parent")
+    assert first_parent_close == pair["fd1"]  # the parent closes the worker's end
+    assert closes["worker"] == pair["fd0"]  # the worker closes the parent's end
+    # messages both ways, as many bytes as were written
+    writes = [e for e in t if e["event"] == "write"]
+    assert {e["role"] for e in writes} == {"parent", "worker"}
+    assert results(r)[0]["eof_seen"] == "1"
+
+
+@pytest.mark.parametrize("kind", ["stream", "seqpacket"])
+def test_keep_unused_end_hides_eof(tmp_path, kind):
+    trace = tmp_path / "t.jsonl"
+    r = run(PROG, "--type", kind, "--keep-unused-end", "--trace", trace)
+    (res,) = results(r)
+    assert res["eof_seen"] == "0" and res["kept_unused_end"] == "1"
+    t = read_trace(trace)
+    assert not [e for e in t if e["event"] == "close" and e["role"] == "worker"]
+    assert [e for e in t if e["event"] == "eof"][0]["seen"] == 0
+
+
+@pytest.mark.parametrize("kind", ["stream", "seqpacket"])
+def test_serve_relays_through_the_worker(serve, kind):
+    s = serve(PROG, "--type", kind)
+    with socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) as c:
+        f = c.makefile("rb")
+        for word in (b"alpha", b"beta"):
+            c.sendall(word + b"\n")
+            reply = f.readline()
+            assert reply.startswith(b"[worker ") and reply.endswith(b"] " + word + b"\n")
+        pid = int(reply.split()[1].rstrip(b"]"))
+        assert pid != s.pid
+        with open(f"/proc/{pid}/stat") as st:
+            assert int(st.read().rsplit(")", 1)[1].split()[1]) == s.pid
+        f.close()
+
+
+def test_readme_diagram_is_a_real_run():
+    assert mermaid_of(run(PROG, "--mermaid")) in readme_diagrams("02-socketpair")
+
+
+def test_bad_arguments():
+    assert run(PROG, "--type", "dgram", expect=2).stderr.count("\n") == 1
+    run(PROG, "--serve", "--keep-unused-end", expect=2)
+    run(PROG, "extra", expect=2)

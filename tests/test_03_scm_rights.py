@@ -1,0 +1,175 @@
+"""Stage 03: passing a descriptor with SCM_RIGHTS - the demo and --serve.
+
+(The interop commands `send` and `recv` and the hostile-sender matrix are in
+test_03_interop.py.) Checked from outside: a different descriptor number for
+the same kernel file (same inode, kcmp), FD_CLOEXEC set on the received
+descriptor and not on the sender's, a shared file offset and shared
+O_NONBLOCK, the bytes the client got back, and each break-it switch
+producing its failure.
+"""
+
+import os
+import re
+import socket
+
+import pytest
+
+from conftest import WAIT, mermaid_of, read_trace, readme_diagrams, run
+
+PROG = "03-scm-rights/scm_rights"
+
+
+def trace_of(tmp_path, *args, expect=0):
+    path = tmp_path / "t.jsonl"
+    r = run(PROG, *args, "--trace", path, expect=expect)
+    return r, read_trace(path)
+
+
+def one(t, role, event):
+    (e,) = [e for e in t if e["role"] == role and e["event"] == event]
+    return e
+
+
+def test_socket_same_file_different_number(tmp_path):
+    r, t = trace_of(tmp_path)
+    acc = one(t, "parent", "accept")
+    got = one(t, "worker", "recvmsg")
+    assert got["fd"] != acc["fd"]  # numbers are per process ...
+    assert got["inode"] == acc["inode"]  # ... the socket is one
+    assert one(t, "parent", "kcmp") == {**one(t, "parent", "kcmp"), "same": 1, "fd": acc["fd"], "worker_fd": got["fd"]}
+    # /proc/PID/fd of both, as the narration quotes it
+    proc = [l for l in r.narration("parent") if l.startswith("/proc/")][0]
+    assert proc.count(f"socket:[{acc['inode']}]") == 2
+    res = r.result()
+    assert res["delivered"] == "1" and res["same_file"] == "1" and res["worker_fd"] == str(got["fd"])
+    # FD_CLOEXEC: set on the received copy (MSG_CMSG_CLOEXEC), clear on the sender's
+    assert got["cloexec"] == 1 and res["parent_cloexec"] == "0"
+    # the client was served by the worker, whose pid the trace names
+    (reply,) = [l for l in r.narration("client") if l.startswith("got back")]
+    assert f'"[worker {got["pid"]}] hello over a passed descriptor"' in reply
+
+
+def test_received_socket_does_not_survive_exec(tmp_path):
+    r, t = trace_of(tmp_path)
+    inode = one(t, "parent", "accept")["inode"]
+    assert r.narration("exec"), "the exec'd program did not report"
+    assert not [l for l in r.narration("exec") if f"socket:[{inode}]" in l]
+
+
+def test_no_cloexec_leaks_into_exec(tmp_path):
+    r, t = trace_of(tmp_path, "--no-cloexec")
+    inode = one(t, "parent", "accept")["inode"]
+    wfd = one(t, "worker", "recvmsg")["fd"]
+    assert one(t, "worker", "exec")["cloexec"] == 0
+    assert f"after exec I hold fd {wfd} -> socket:[{inode}]" in r.narration("exec")
+
+
+def test_file_offset_and_status_flags_are_shared(tmp_path):
+    r, t = trace_of(tmp_path, "--kind", "file")
+    worker_read = one(t, "worker", "read")
+    shared = one(t, "parent", "shared")
+    assert shared["offset"] == worker_read["bytes"] > 0  # the worker's read moved OUR offset
+    assert shared["nonblock"] == 1  # O_NONBLOCK set by the worker
+    assert shared["cloexec"] == 0 and one(t, "worker", "recvmsg")["cloexec"] == 1
+    assert r.result()["same_file"] == "1"
+
+
+def test_pipe_write_end_works_in_the_worker(tmp_path):
+    r, t = trace_of(tmp_path, "--kind", "pipe")
+    wrote = one(t, "worker", "write")
+    read = one(t, "parent", "read")
+    assert read["bytes"] == wrote["bytes"] and read["eof"] == 1
+
+
+def test_zero_byte_on_stream_never_arrives(tmp_path):
+    r, t = trace_of(tmp_path, "--zero-byte")
+    assert one(t, "parent", "sendmsg")["result"] == 0
+    assert one(t, "worker", "recvmsg")["result"] == "nothing"
+    assert one(t, "client", "reply")["served"] == 0  # closed unserved
+    assert r.result()["delivered"] == "0"
+
+
+def test_zero_byte_on_seqpacket_arrives(tmp_path):
+    r, t = trace_of(tmp_path, "--zero-byte", "--channel", "seqpacket")
+    got = one(t, "worker", "recvmsg")
+    assert got["bytes"] == 0 and got["inode"] == one(t, "parent", "accept")["inode"]
+    assert r.result()["delivered"] == "1"
+    assert one(t, "client", "reply")["served"] == 1
+
+
+def test_small_control_truncates_and_closes_everything(tmp_path):
+    r, t = trace_of(tmp_path, "--small-control")
+    got = one(t, "worker", "recvmsg")
+    assert got["ctrunc"] == 1 and got["closed"] == 2  # 2 installed (padding), 1 dropped by the kernel
+    assert one(t, "parent", "lost_closed")["all"] == 1  # both pipe read ends saw EOF
+    assert one(t, "client", "reply")["served"] == 0
+    assert r.result()["delivered"] == "0"
+
+
+def _holders(pids, inode):
+    want = f"socket:[{inode}]"
+    found = []
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == want:
+                    found.append((pid, int(fd)))
+            except OSError:
+                pass
+    return found
+
+
+def _server_inode(c):
+    me, peer = c.getsockname()[1], c.getpeername()[1]
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            x = line.split()
+            if int(x[1].split(":")[1], 16) == peer and int(x[2].split(":")[1], 16) == me:
+                return int(x[9])
+    raise AssertionError("no server end in /proc/net/tcp")
+
+
+def test_serve_worker_holds_the_connection_parent_does_not(serve):
+    s = serve(PROG)
+    with socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) as c:
+        c.sendall(b"hi\n")
+        reply = c.recv(100)
+        m = re.fullmatch(rb"\[worker (\d+)\] hi\n", reply)
+        assert m, reply
+        worker = int(m.group(1))
+        holders = _holders([s.pid, worker], _server_inode(c))
+        assert [p for p, _ in holders] == [worker]  # the parent closed its copy
+        fd = holders[0][1]
+        with open(f"/proc/{worker}/fdinfo/{fd}") as f:
+            flags = int(re.search(r"flags:\s+(\d+)", f.read()).group(1), 8)
+        assert flags & os.O_CLOEXEC  # received with MSG_CMSG_CLOEXEC
+        c.shutdown(socket.SHUT_WR)
+        assert c.recv(1) == b""  # the worker closes when the client is done
+
+
+def test_serve_many_clients_at_once(serve):
+    s = serve(PROG)
+    clients = [socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) for _ in range(20)]
+    try:
+        for i, c in enumerate(clients):
+            c.sendall(b"n%d\n" % i)
+        for i, c in enumerate(clients):
+            assert c.recv(100).endswith(b"] n%d\n" % i)
+    finally:
+        for c in clients:
+            c.close()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [[], ["--kind", "file"], ["--kind", "pipe"], ["--zero-byte"], ["--small-control"], ["--no-cloexec"]],
+)
+def test_readme_diagrams_are_real_runs(args):
+    assert mermaid_of(run(PROG, *args, "--mermaid")) in readme_diagrams("03-scm-rights")
+
+
+def test_bad_arguments():
+    run(PROG, "--kind", "socketpair", expect=2)
+    run(PROG, "--zero-byte", "--small-control", expect=2)
+    run(PROG, "--no-cloexec", "--kind", "file", expect=2)
+    run(PROG, "--serve", "--zero-byte", expect=2)

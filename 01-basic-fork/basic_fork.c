@@ -244,6 +244,7 @@ static int serve(struct nar *n, int port, int keep_parent_copy)
 	int sfd = signal_fd(1);
 	if (sfd < 0)
 		die("signalfd");
+	int spare = spare_fd();
 	announce_listening(port);
 	pid_t kids[MAX_CHILDREN] = { 0 };
 	int kept[MAX_CHILDREN], nkept = 0, running = 1;
@@ -265,9 +266,9 @@ static int serve(struct nar *n, int port, int keep_parent_copy)
 		}
 		if (!running || !(p[0].revents & POLLIN))
 			continue;
-		int conn = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+		int conn = accept_shedding(lfd, &spare);
 		if (conn < 0)
-			continue; /* the client may already be gone: ECONNABORTED and friends */
+			continue; /* the client may be gone (ECONNABORTED), or we are out of fds */
 		int slot = 0;
 		while (slot < MAX_CHILDREN && kids[slot])
 			slot++;
@@ -286,6 +287,8 @@ static int serve(struct nar *n, int port, int keep_parent_copy)
 			n->role = "child";
 			close(lfd);
 			close(sfd);
+			if (spare >= 0)
+				close(spare);
 			unblock_signals();
 			echo_lines(n, conn);
 			close(conn);
@@ -306,6 +309,8 @@ static int serve(struct nar *n, int port, int keep_parent_copy)
 		}
 	for (int i = 0; i < nkept; i++)
 		close(kept[i]);
+	if (spare >= 0)
+		close(spare);
 	close(sfd);
 	close(lfd);
 	return EXIT_LESSON;

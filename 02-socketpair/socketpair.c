@@ -224,7 +224,7 @@ static int serve(struct nar *n, int port, int type)
 		_exit(0);
 	}
 	close(sv[1]);
-	int ch = sv[0], running = 1;
+	int ch = sv[0], running = 1, spare = spare_fd();
 	announce_listening(port);
 	say(n, "worker %d is at the other end of the channel (fd %d)", (int)pid, ch);
 	while (running) {
@@ -235,7 +235,7 @@ static int serve(struct nar *n, int port, int type)
 			break;
 		if (!(p[0].revents & POLLIN))
 			continue;
-		int c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+		int c = accept_shedding(lfd, &spare);
 		if (c < 0)
 			continue;
 		char line[512], reply[600];
@@ -259,6 +259,8 @@ static int serve(struct nar *n, int port, int type)
 		}
 		close(c);
 	}
+	if (spare >= 0)
+		close(spare);
 	close(ch); /* the worker's read returns 0 and it exits */
 	int st;
 	if (reap_child(pid, WAIT_MS, &st) < 0)

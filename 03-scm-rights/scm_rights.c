@@ -565,6 +565,7 @@ static int serve(struct nar *n, int port)
 		_exit(0);
 	}
 	close(sv[1]);
+	int spare = spare_fd();
 	announce_listening(port);
 	for (;;) {
 		struct pollfd p[2] = { { .fd = lfd, .events = POLLIN }, { .fd = sfd, .events = POLLIN } };
@@ -574,7 +575,7 @@ static int serve(struct nar *n, int port)
 			break;
 		if (!(p[0].revents & POLLIN))
 			continue;
-		int conn = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+		int conn = accept_shedding(lfd, &spare);
 		if (conn < 0)
 			continue;
 		int st = fdpass_send(sv[0], "c", 1, &conn, 1, NULL);
@@ -584,6 +585,8 @@ static int serve(struct nar *n, int port)
 			say(n, "accept() -> fd %d, passed to worker %d, and closed here", conn, (int)wpid);
 		close(conn);
 	}
+	if (spare >= 0)
+		close(spare);
 	close(sv[0]); /* the worker sees EOF and finishes */
 	if (reap_child(wpid, WAIT_MS, NULL) < 0)
 		say(n, "worker %d did not finish in time: killed", (int)wpid);
@@ -663,7 +666,7 @@ static void describe_and_close(int fd)
 /* Serves one connection; returns how many descriptors it received. */
 static long recv_conn(int conn, int sfd, long max_fds, long want, int *stop)
 {
-	static char buf[64 * 1024]; /* payload beyond this arrives in the next reads */
+	char buf[64 * 1024]; /* payload beyond this arrives in the next reads */
 	int fds[FDPASS_MAX_FDS];
 	long got = 0;
 	int in_message = 0; /* a message with descriptors has begun on this connection */
@@ -701,6 +704,7 @@ static long recv_conn(int conn, int sfd, long max_fds, long want, int *stop)
 			if (!in_message)
 				fprintf(stderr, "error: %s (%zu bytes)\n", fdpass_strerror(FDPASS_ENOFD),
 					rx.len);
+			in_message = 1; /* one error per message, not one per read */
 			continue;
 		}
 		in_message = 1;
@@ -729,6 +733,7 @@ static int cmd_recv(const char *path, long count, long max_fds)
 	if (sfd < 0)
 		die("signalfd");
 	fprintf(stderr, "scm_rights: listening on %s\n", path);
+	int spare = spare_fd();
 	long total = 0;
 	int stop = 0;
 	while (!stop && (count == 0 || total < count)) {
@@ -740,13 +745,19 @@ static int cmd_recv(const char *path, long count, long max_fds)
 		}
 		if (p[1].revents)
 			break;
-		int conn = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-		if (conn < 0)
+		int conn = accept_shedding(lfd, &spare);
+		if (conn < 0) {
+			if (errno == EMFILE || errno == ENFILE)
+				fprintf(stderr, "error: accept: %s: connection closed unserved\n",
+					strerror(errno));
 			continue;
+		}
 		total += recv_conn(conn, sfd, max_fds, count ? count - total : 0, &stop);
 		close(conn);
 	}
 	unlink(path);
+	if (spare >= 0)
+		close(spare);
 	close(sfd);
 	close(lfd);
 	return 0;
@@ -764,6 +775,9 @@ static int interop(int argc, char **argv)
 	const char *path = NULL;
 	long count = 0, max_fds = 16;
 	int is_send = strcmp(argv[0], "send") == 0, c;
+	/* getopt names argv[0] in its messages: make it the whole command */
+	static char send_name[] = "scm_rights send", recv_name[] = "scm_rights recv";
+	argv[0] = is_send ? send_name : recv_name;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, is_send ? "+" : "", longopts, NULL)) != -1) {
 		if (c == 'u')

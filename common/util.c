@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/kcmp.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -66,6 +67,26 @@ int connect_loopback(int port)
 		return -1;
 	}
 	return fd;
+}
+
+int spare_fd(void)
+{
+	return open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+int accept_shedding(int lfd, int *spare)
+{
+	int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+	if (fd >= 0 || (errno != EMFILE && errno != ENFILE) || *spare < 0)
+		return fd;
+	int saved = errno;
+	close(*spare);
+	fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+	if (fd >= 0)
+		close(fd);
+	*spare = spare_fd();
+	errno = saved;
+	return -1;
 }
 
 int wait_readable(int fd, int timeout_ms)

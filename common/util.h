@@ -23,6 +23,18 @@
 int listen_loopback(int port, int *bound);
 int connect_loopback(int port);
 
+/*
+ * accept4(SOCK_CLOEXEC) that cannot spin. When the process is out of
+ * descriptors (EMFILE/ENFILE) the pending connection stays in the backlog
+ * and poll() reports it again at once: a busy loop. With a spare descriptor
+ * (*spare, opened on /dev/null beforehand) we close the spare, accept the
+ * connection, close it - the client sees a clean close instead of a hang -
+ * and take the spare back. Returns the new fd, or -1/errno (EMFILE then too).
+ */
+int accept_shedding(int lfd, int *spare);
+/* Opens the spare descriptor accept_shedding() needs. -1/errno. */
+int spare_fd(void);
+
 /* 1 = readable (or EOF/error pending), 0 = timed out, -1 = error. */
 int wait_readable(int fd, int timeout_ms);
 /* One read(2) that waits at most timeout_ms: >0 bytes, 0 EOF, -1 error

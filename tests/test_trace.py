@@ -11,6 +11,7 @@ EXPECT = {
     "01": ["accept", "clone", "close("],
     "02": ["socketpair(AF_UNIX, SOCK_STREAM", "socketpair(AF_UNIX, SOCK_SEQPACKET", "close("],
     "03": ["sendmsg(", "SCM_RIGHTS", "recvmsg(", "MSG_CMSG_CLOEXEC", "kcmp("],
+    "04": ["accept4(", "sendmsg(", "SCM_RIGHTS", "recvfrom(", "recvmsg("],
 }
 
 

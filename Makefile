@@ -5,6 +5,8 @@
 #   make test       build, then run the pytest suite (tests/)
 #   make check      the same suite against a sanitizer build (build-asan/)
 #   make trace-NN   run stage NN's demo under strace, showing only its syscalls
+#   make fuzz       libFuzzer on stage 05's parsers, FUZZ_SECONDS each (default 60)
+#   make bench      the benchmarks; writes bench/RESULTS.md
 #   make clean
 #
 # Missing tools come from Debian's packages: common/need.sh installs them
@@ -40,7 +42,7 @@ endef
 # Each stage says what it builds.
 include $(sort $(wildcard */stage.mk))
 
-.PHONY: all demo test check clean need-cc
+.PHONY: all demo test check clean need-cc need-test fuzz
 .DEFAULT_GOAL := all
 
 all: need-cc $(PROGS)
@@ -54,10 +56,14 @@ demo: all
 	    printf '\n==== %s ====\n' "$$d"; ./$$d; \
 	done
 
+# The real peers the tests talk to, each from its Debian package.
+TEST_TOOLS := strace:strace openssl:openssl curl:curl wrk:wrk
+need-test:
+	@for t in $(TEST_TOOLS); do $(NEED) cmd $${t%%:*} $${t#*:} || exit 1; done
+
 PYTEST_ARGS ?=
-test: all
-	@py=$$($(NEED) python) && $(NEED) cmd strace strace && \
-	    SAN=$(SAN) $$py -m pytest -q $(PYTEST_ARGS) tests
+test: all need-test
+	@py=$$($(NEED) python) && SAN=$(SAN) $$py -m pytest -q $(PYTEST_ARGS) tests
 
 # Every sanitizer report goes to build-asan/san.*; any such file fails the run
 # (a report in a child that the tests did not look at must not pass unseen).
@@ -76,5 +82,7 @@ trace-%: all
 	@$(NEED) cmd strace strace
 	strace -f -qq -e trace=$(TRACE_$*_CALLS) ./$(TRACE_$*_PROG) $(TRACE_$*_ARGS)
 
+fuzz: fuzz-05
+
 clean:
-	rm -rf build-asan $(PROGS) tests/__pycache__ .pytest_cache
+	rm -rf build-asan build-fuzz $(PROGS) tests/__pycache__ .pytest_cache

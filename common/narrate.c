@@ -218,6 +218,15 @@ void ev(const struct nar *n, const char *event, const char *to, const char *kv_f
 	}
 }
 
+/* Mermaid cannot parse '-' in a participant name ("worker-1->>x" reads as an
+ * arrow): the diagram spells such roles with '_' instead. */
+static void mermaid_id(char *role)
+{
+	for (; *role; role++)
+		if (*role == '-')
+			*role = '_';
+}
+
 int nar_mermaid(const struct nar *n, FILE *out)
 {
 	if (n->seq_fd < 0) {
@@ -257,8 +266,10 @@ int nar_mermaid(const struct nar *n, FILE *out)
 		}
 	}
 	fprintf(out, "sequenceDiagram\n");
-	for (size_t i = 0; i < nroles; i++)
+	for (size_t i = 0; i < nroles; i++) {
+		mermaid_id(roles[i]);
 		fprintf(out, "    participant %s\n", roles[i]);
+	}
 	rewind(in);
 	while (fgets(line, sizeof line, in)) {
 		line[strcspn(line, "\n")] = '\0';
@@ -270,6 +281,8 @@ int nar_mermaid(const struct nar *n, FILE *out)
 		if (!label)
 			continue;
 		*label++ = '\0';
+		mermaid_id(line);
+		mermaid_id(to);
 		for (char *c = label; *c; c++)
 			if (*c == ';' || *c == '#')
 				*c = ','; /* Mermaid treats ';' as a statement end and '#' as an entity */

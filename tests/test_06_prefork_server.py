@@ -208,6 +208,22 @@ def test_curl_every_model(serve, model):
 
 
 @pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("close", [False, True], ids=["keep-alive", "close"])
+def test_wrk_every_model(serve, model, close):
+    """wrk, a real load generator, gets only 200s from every model."""
+    s = serve(PROG, "--model", model, "--workers", "2")
+    args = ["wrk", "-t1", "-c8", "-d1s", "--timeout", "5s"]
+    if close:
+        args += ["-H", "Connection: close"]
+    out = subprocess.run(args + [f"http://127.0.0.1:{s.port}/"], capture_output=True, text=True,
+                         timeout=WAIT * 2)
+    assert out.returncode == 0, out.stderr
+    done = int(re.search(r"(\d+) requests in", out.stdout).group(1))
+    assert done > 0, out.stdout
+    assert "Non-2xx" not in out.stdout and "Socket errors" not in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize(
     "request_bytes",
     [b"POST / HTTP/1.1\r\n\r\n", b"GET / HTTP/2.0\r\n\r\n", b"GET nopath HTTP/1.1\r\n\r\n",

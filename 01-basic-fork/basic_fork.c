@@ -58,11 +58,15 @@ static void echo_lines(const struct nar *n, int conn)
 	while ((len = read_line(conn, line, sizeof line, WAIT_MS * 3)) > 0) {
 		if (!served++) /* recorded here, not at fork, so the diagram order is fixed */
 			ev(n, "inherited", NULL, "fd=%d inode=%lu", conn, inode_of(conn));
-		int r = snprintf(reply, sizeof reply, "[%s %d] %s", n->role, (int)getpid(), line);
+		/* the tag, then the bytes as they came (a NUL among them included),
+		 * then a '\n' if the line was cut short */
+		size_t r = (size_t)snprintf(reply, sizeof reply, "[%s %d] ", n->role, (int)getpid());
+		memcpy(reply + r, line, (size_t)len);
+		r += (size_t)len;
 		if (line[len - 1] != '\n')
-			r = snprintf(reply, sizeof reply, "[%s %d] %s\n", n->role, (int)getpid(), line);
+			reply[r++] = '\n';
 		ev(n, "echo", "client", "fd=%d bytes=%zd", conn, len);
-		if (write_all(conn, reply, (size_t)r) < 0)
+		if (write_all(conn, reply, r) < 0)
 			break;
 	}
 	if (len < 0 && errno == ETIMEDOUT)
@@ -90,9 +94,11 @@ static int client(const struct nar *n, int port, int go_fd)
 	const char *lines[] = { "hello\n", "inherited\n" };
 	for (size_t i = 0; i < 2; i++) {
 		char reply[600];
+		/* recorded before the write: once the line is out, the child may
+		 * record its echo, and the diagram must show the send first */
+		ev(n, "send", "child", "bytes=%zu", strlen(lines[i]));
 		if (write_all(fd, lines[i], strlen(lines[i])) < 0)
 			die("client: write");
-		ev(n, "send", "child", "bytes=%zu", strlen(lines[i]));
 		if (read_line(fd, reply, sizeof reply, WAIT_MS) <= 0)
 			die("client: no echo from the server");
 		reply[strcspn(reply, "\n")] = '\0';
@@ -273,7 +279,8 @@ static int serve(struct nar *n, int port, int keep_parent_copy)
 		while (slot < MAX_CHILDREN && kids[slot])
 			slot++;
 		if (slot == MAX_CHILDREN || (keep_parent_copy && nkept == MAX_CHILDREN)) {
-			say(n, "%d children busy: refusing fd %d", MAX_CHILDREN, conn);
+			say(n, "%s: refusing fd %d",
+			    slot == MAX_CHILDREN ? "all children busy" : "too many kept copies", conn);
 			close(conn);
 			continue;
 		}
@@ -289,17 +296,23 @@ static int serve(struct nar *n, int port, int keep_parent_copy)
 			close(sfd);
 			if (spare >= 0)
 				close(spare);
+			/* --keep-parent-copy: the connections the parent kept were
+			 * inherited too; a child serves only its own */
+			for (int i = 0; i < nkept; i++)
+				close(kept[i]);
 			unblock_signals();
 			echo_lines(n, conn);
 			close(conn);
 			_exit(0);
 		}
 		kids[slot] = child;
-		say(n, "accept() -> fd %d, child %d serves it", conn, (int)child);
 		if (keep_parent_copy)
 			kept[nkept++] = conn;
 		else
 			close(conn);
+		/* said after the close, so a reader of this line knows it happened */
+		say(n, "accept() -> fd %d, child %d serves it; %s", conn, (int)child,
+		    keep_parent_copy ? "I keep my copy (--keep-parent-copy)" : "my copy is closed");
 	}
 	say(n, "shutting down: stopping %s", "children");
 	for (int i = 0; i < MAX_CHILDREN; i++)

@@ -167,8 +167,12 @@ static int demo(struct nar *n, int type, int keep_unused_end)
 	int reads = buf[0] - '0';
 
 	close(ch);
-	say(n, "close(fd %d): my last descriptor for this end - the worker should see end-of-file",
-	    ch);
+	if (keep_unused_end)
+		say(n, "close(fd %d): my last descriptor for this end - but the worker still holds a "
+		       "copy of it, so the end stays open", ch);
+	else
+		say(n, "close(fd %d): the last descriptor for this end - the worker should see "
+		       "end-of-file", ch);
 	ev(n, "close", NULL, "fd=%d", ch);
 	(void)!write(go[1], "g", 1);
 	close(go[1]);
@@ -194,9 +198,10 @@ static void relay_worker(const struct nar *n, int ch, int type)
 				      : read_within(ch, line, sizeof line - 1, -1);
 		if (r <= 0)
 			return; /* EOF: the parent closed the channel - time to go */
-		line[r] = '\0';
-		int len = snprintf(reply, sizeof reply, "[%s %d] %s", n->role, (int)getpid(), line);
-		if (write_all(ch, reply, (size_t)len) < 0)
+		/* the tag, then the bytes as they came (a NUL among them included) */
+		int len = snprintf(reply, sizeof reply, "[%s %d] ", n->role, (int)getpid());
+		memcpy(reply + len, line, (size_t)r);
+		if (write_all(ch, reply, (size_t)len + (size_t)r) < 0)
 			return;
 	}
 }
@@ -245,9 +250,14 @@ static int serve(struct nar *n, int port, int type)
 				running = !q[1].revents;
 				break;
 			}
-			ssize_t r = read_line(c, line, sizeof line, WAIT_MS);
+			ssize_t r = read_line(c, line, sizeof line - 1, WAIT_MS); /* room for a '\n' */
 			if (r <= 0)
 				break;
+			/* On a stream channel the '\n' is the only message boundary:
+			 * a line cut short (too long, or the client's last bytes)
+			 * gets one, or the worker would wait for it forever. */
+			if (type == 0 && line[r - 1] != '\n')
+				line[r++] = '\n';
 			if (write_all(ch, line, (size_t)r) < 0)
 				die("write to the worker");
 			ssize_t w = type == 0 ? read_line(ch, reply, sizeof reply, WAIT_MS)

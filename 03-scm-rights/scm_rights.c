@@ -58,7 +58,8 @@ static const char usage[] =
 	"  --channel T      the parent<->worker channel: stream (default) or seqpacket\n"
 	"  --zero-byte      break it: send the descriptor with an empty payload\n"
 	"  --small-control  break it: send 3 descriptors to a worker with room for 1\n"
-	"  --no-cloexec     break it: receive without MSG_CMSG_CLOEXEC, then exec\n" COMMON_USAGE
+	"  --no-cloexec     break it: receive without MSG_CMSG_CLOEXEC, then exec\n"
+	"                   (one break-it switch at a time, with --kind socket)\n" COMMON_USAGE
 	"send: connect to the Unix socket PATH, open each FILE read-only, send them all in\n"
 	"      one message with a one-byte payload.\n"
 	"recv: listen on PATH; for every descriptor received print\n"
@@ -201,9 +202,13 @@ static int worker(struct nar *n, const struct demo_opts *o, int ch, int go)
 	st = fdpass_recv(ch, &rx);
 	if (st != FDPASS_OK) {
 		say(n, "recvmsg: %s (%zu byte(s) of payload)", fdpass_strerror(st), rx.len);
-		say(n, "my control buffer had room for 1 int - CMSG_SPACE pads it to 2, so the kernel "
-		       "installed %zu and closed the rest itself; fdpass_recv closed the %zu installed, "
-		       "so nothing leaks", rx.closed, rx.closed);
+		if (st == FDPASS_ECTRUNC)
+			say(n, "my control buffer had room for 1 int - CMSG_SPACE pads it to 2, so the "
+			       "kernel installed %zu and dropped the rest itself; fdpass_recv closed the "
+			       "%zu installed, so nothing leaks", rx.closed, rx.closed);
+		else
+			say(n, "fdpass_recv rejected the message and closed the %zu descriptor(s) it "
+			       "carried", rx.closed);
 		ev(n, "recvmsg", NULL, "result=%s ctrunc=%d closed=%zu", st == FDPASS_ECTRUNC ? "ctrunc" : "rejected",
 		   (rx.msg_flags & MSG_CTRUNC) ? 1 : 0, rx.closed);
 		chan_say(ch, "fd=%d", -1);
@@ -254,13 +259,21 @@ static int client(const struct nar *n, int port, int go)
 		reply[strcspn(reply, "\n")] = '\0';
 		say(n, "got back \"%s\"", reply);
 		ev(n, "reply", NULL, "served=1");
+	} else if (r == 0) {
+		say(n, "no reply, end-of-file: the connection was closed without anyone serving it");
+		ev(n, "reply", NULL, "served=0");
+	} else if (errno == ETIMEDOUT) {
+		say(n, "no reply and no end-of-file within %d s: someone holds the connection and "
+		       "does not serve it", WAIT_MS / 1000);
+		ev(n, "reply", NULL, "served=0");
 	} else {
-		say(n, "no reply: the connection was closed without anyone serving it");
+		say(n, "no reply: read: %s", strerror(errno));
 		ev(n, "reply", NULL, "served=0");
 	}
 	shutdown(fd, SHUT_WR);
 	r = read_within(fd, reply, sizeof reply, WAIT_MS);
 	close(fd);
+	/* 0: the connection reached end-of-file - served and closed, or closed unserved */
 	return r == 0 ? 0 : 3;
 }
 
@@ -376,8 +389,10 @@ static int demo(struct nar *n, const struct demo_opts *o)
 	if (o->zero_byte) {
 		ssize_t r = fdpass_sendmsg_raw(ch, "", 0, &fd, 1);
 		say(n, "--zero-byte: sendmsg(fd %d, payload of 0 bytes) = %zd%s", fd, r,
-		    o->channel ? "" : ": on a stream socket 0 bytes means nothing was sent - "
-				      "the descriptor goes nowhere");
+		    o->channel ? ": on a seqpacket socket an empty message is still a message - "
+				 "the descriptor travels with it"
+			       : ": on a stream socket 0 bytes means nothing was sent - "
+				 "the descriptor goes nowhere");
 		ev(n, "sendmsg", "worker", "fd=%d bytes=0 result=%zd", fd, r);
 	} else if (o->small_control) {
 		if (pipe2(extra[0], O_CLOEXEC) < 0 || pipe2(extra[1], O_CLOEXEC) < 0)
@@ -445,7 +460,8 @@ static int demo(struct nar *n, const struct demo_opts *o)
 		say(n, "close(fd %d): %s", fd,
 		    o->zero_byte ? "nothing was sent, so this was the last descriptor: the connection "
 				   "closes unserved"
-				 : "the message's copy was closed with it; this was the last one");
+				 : "the worker rejected the message and closed its copy, so this was "
+				   "the last descriptor: the connection closes unserved");
 	ev(n, "close", NULL, "fd=%d", fd);
 	if (wfd >= 0 && o->kind != KIND_FILE) {
 		ev(n, "go", "worker", NULL);
@@ -483,7 +499,10 @@ static int demo(struct nar *n, const struct demo_opts *o)
 	}
 
 	int ok = 1, st;
-	if (cpid > 0 && reap_child(cpid, 2 * WAIT_MS, &st) < 0)
+	/* the client exits 0 only if its connection reached end-of-file: served
+	 * and closed, or (a break-it switch) closed unserved - never left open */
+	if (cpid > 0 && (reap_child(cpid, 2 * WAIT_MS + ABSENT_MS, &st) < 0 || !WIFEXITED(st) ||
+			 WEXITSTATUS(st) != 0))
 		ok = 0;
 	if (reap_child(wpid, 2 * WAIT_MS, &st) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
 		ok = 0;
@@ -530,9 +549,14 @@ static void serve_worker(const struct nar *n, int ch)
 				continue;
 			char buf[512], reply[600];
 			ssize_t r = read(p[i].fd, buf, sizeof buf);
-			int len = r > 0 ? snprintf(reply, sizeof reply, "[%s %d] %.*s", n->role,
-						   (int)getpid(), (int)r, buf) : 0;
-			if (r <= 0 || write_all(p[i].fd, reply, (size_t)len) < 0) {
+			size_t len = 0;
+			if (r > 0) { /* the tag, then the bytes as they came */
+				len = (size_t)snprintf(reply, sizeof reply, "[%s %d] ", n->role,
+						       (int)getpid());
+				memcpy(reply + len, buf, (size_t)r);
+				len += (size_t)r;
+			}
+			if (r <= 0 || write_all(p[i].fd, reply, len) < 0) {
 				close(p[i].fd);
 				p[i--] = p[--np];
 			}
@@ -838,8 +862,9 @@ int main(int argc, char **argv)
 	common_done(&co, argc, argv, usage);
 	if (o.zero_byte + o.small_control + o.no_cloexec > 1)
 		usage_error("one break-it switch at a time");
-	if (o.no_cloexec && o.kind != KIND_SOCKET)
-		usage_error("--no-cloexec shows a socket leaking through exec: use it with --kind socket");
+	if ((o.zero_byte || o.small_control || o.no_cloexec) && o.kind != KIND_SOCKET)
+		usage_error("the break-it switches show what happens to a client connection: "
+			    "use them with --kind socket");
 	if (co.serve && (o.zero_byte || o.small_control || o.no_cloexec || o.kind || o.channel))
 		usage_error("--serve takes only --port");
 	signal(SIGPIPE, SIG_IGN);

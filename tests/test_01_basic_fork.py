@@ -7,10 +7,14 @@ keeping the connection open after the child closed it.
 """
 
 import os
+import re
 import select
+import signal
 import socket
 
-from conftest import WAIT, read_trace, run, wait_eof
+import pytest
+
+from conftest import WAIT, mermaid_of, read_trace, readme_diagrams, run, wait_eof
 
 PROG = "01-basic-fork/basic_fork"
 
@@ -98,7 +102,10 @@ def _echo_then_half_close(server):
     c.sendall(b"ping\n")
     reply = c.makefile("rb").readline().decode()
     assert reply.startswith("[child ") and reply.endswith("] ping\n")
-    return c, _child_pid(server, reply)
+    child = _child_pid(server, reply)
+    # the server says so only after it has closed (or kept) its copy
+    server.wait_line(rf"child {child} serves it")
+    return c, child
 
 
 def test_serve_parent_closes_its_copy(serve):
@@ -134,10 +141,54 @@ def test_serve_keep_parent_copy_no_eof(serve):
         assert data is None, "end-of-file although the parent kept its copy"
 
 
+def test_serve_children_do_not_inherit_each_others_connections(serve):
+    """With --keep-parent-copy the parent holds every connection; a child
+    forked later must not hold its siblings' connections too."""
+    s = serve(PROG, "--keep-parent-copy")
+    c1, child1 = _echo_then_half_close(s)
+    c2, child2 = _echo_then_half_close(s)
+    with c1, c2:
+        inode1 = _server_side_inode(c1)
+        assert sorted(_holders([s.pid, child1, child2], inode1)) == sorted([s.pid, child1])
+
+
+def test_serve_echoes_bytes_as_they_came(serve):
+    """A NUL byte and a line longer than the child's buffer come back whole
+    (a line cut short gets a '\\n' of its own)."""
+    s = serve(PROG)
+    with socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) as c, c.makefile("rb") as f:
+        c.sendall(b"a\0b\n" + b"y" * 1000 + b"\n")
+        assert f.readline().endswith(b"] a\0b\n")
+        assert re.sub(rb"\[child \d+\] |\n", b"", f.readline() + f.readline()) == b"y" * 1000
+
+
+@pytest.mark.parametrize("args", [[], ["--keep-parent-copy"]])
+def test_readme_diagrams_are_real_runs(args):
+    assert mermaid_of(run(PROG, *args, "--mermaid")) in readme_diagrams("01-basic-fork")
+
+
 def test_bad_arguments_exit_2():
     r = run(PROG, "--no-such-switch", expect=2)
-    assert r.stderr.strip()
+    assert r.stderr.count("\n") == 1
     r = run(PROG, "--port", "5", expect=2)
-    assert "--serve" in r.stderr
+    assert "--serve" in r.stderr and r.stderr.count("\n") == 1
     r = run(PROG, "--serve", "--port", "99999", expect=2)
+    assert r.stderr.count("\n") == 1
     assert run(PROG, "--help").stdout.startswith("usage:")
+
+
+def test_runtime_failure_names_the_call():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        r = run(PROG, "--serve", "--port", busy.getsockname()[1], expect=1)
+    assert r.stderr.count("\n") == 1 and "listen" in r.stderr and os.strerror(98) in r.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serve_ends_cleanly_on_signal_with_a_client_connected(serve, sig):
+    s = serve(PROG)
+    c, child = _echo_then_half_close(s)
+    with c:
+        s.stop(sig)  # exit 0, the child reaped too, nothing left behind
+        assert c.recv(1) == b""

@@ -6,6 +6,9 @@ stream socket and as two on a seqpacket socket, --keep-unused-end taking
 the end-of-file away, and the --serve relay answering through the worker.
 """
 
+import os
+import re
+import signal
 import socket
 
 import pytest
@@ -40,6 +43,11 @@ def test_each_side_closes_the_other_end(tmp_path, kind):
     # messages both ways, as many bytes as were written
     writes = [e for e in t if e["event"] == "write"]
     assert {e["role"] for e in writes} == {"parent", "worker"}
+    reads = [e for e in t if e["event"] == "read"]
+    assert reads[0]["role"] == "worker" and reads[0]["bytes"] == writes[0]["bytes"]
+    assert reads[1]["role"] == "parent" and reads[1]["bytes"] == writes[1]["bytes"]
+    assert 'read 12 bytes: "hello worker"' in r.narration("worker")
+    assert 'read 12 bytes: "hello parent"' in r.narration("parent")
     assert results(r)[0]["eof_seen"] == "1"
 
 
@@ -70,11 +78,51 @@ def test_serve_relays_through_the_worker(serve, kind):
         f.close()
 
 
+@pytest.mark.parametrize("kind", ["stream", "seqpacket"])
+def test_serve_long_and_unterminated_lines(serve, kind):
+    """A line longer than the relay's buffer, and a last line without '\\n':
+    every byte comes back through the worker, and the server stays up."""
+    s = serve(PROG, "--type", kind)
+    long_line = b"x\0" * 1000  # a NUL byte is data too
+    with socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) as c:
+        c.sendall(long_line + b"\nlast words")
+        c.shutdown(socket.SHUT_WR)
+        got = b""
+        while chunk := c.recv(65536):  # until the server closes (timeout: WAIT)
+            got += chunk
+    # the replies' payloads, without their "[worker PID] " tags and line ends
+    assert re.sub(rb"\[worker \d+\] |\n", b"", got) == long_line + b"last words", got
+    with socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) as c:  # still serving
+        c.sendall(b"again\n")
+        with c.makefile("rb") as f:
+            assert f.readline().endswith(b"] again\n")
+
+
 def test_readme_diagram_is_a_real_run():
     assert mermaid_of(run(PROG, "--mermaid")) in readme_diagrams("02-socketpair")
 
 
-def test_bad_arguments():
-    assert run(PROG, "--type", "dgram", expect=2).stderr.count("\n") == 1
-    run(PROG, "--serve", "--keep-unused-end", expect=2)
-    run(PROG, "extra", expect=2)
+@pytest.mark.parametrize(
+    "args", [["--type", "dgram"], ["--serve", "--keep-unused-end"], ["extra"], ["--port", "1"], ["--bogus"]]
+)
+def test_bad_arguments(args):
+    assert run(PROG, *args, expect=2).stderr.count("\n") == 1
+
+
+def test_runtime_failure_names_the_call():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        r = run(PROG, "--serve", "--port", busy.getsockname()[1], expect=1)
+    assert r.stderr.count("\n") == 1 and "listen" in r.stderr and os.strerror(98) in r.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("kind", ["stream", "seqpacket"])
+def test_serve_ends_cleanly_on_signal_mid_conversation(serve, kind, sig):
+    s = serve(PROG, "--type", kind)
+    with socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) as c:
+        c.sendall(b"hi\n")
+        assert c.recv(100).endswith(b"] hi\n")  # the parent is in this client's loop
+        s.stop(sig)  # exit 0, worker reaped, nothing left behind
+        assert c.recv(1) == b""

@@ -768,6 +768,14 @@ def test_stale_socket_file_is_replaced(receiver, fds, tmp_path):
     serving_goes_on(rx, fds)
 
 
+def test_recv_refuses_to_replace_a_file_that_is_not_a_socket(tmp_path):
+    path = tmp_path / "precious.txt"
+    path.write_bytes(b"keep me\n")
+    r = run(PROG, "recv", "--unix", path, expect=1, timeout=WAIT)
+    assert len(r.stderr.splitlines()) == 1 and "not a socket" in r.stderr, r.stderr
+    assert path.read_bytes() == b"keep me\n"
+
+
 @pytest.mark.parametrize(
     "args",
     [

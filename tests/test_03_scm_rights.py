@@ -10,6 +10,7 @@ producing its failure.
 
 import os
 import re
+import signal
 import socket
 
 import pytest
@@ -85,7 +86,8 @@ def test_zero_byte_on_stream_never_arrives(tmp_path):
     r, t = trace_of(tmp_path, "--zero-byte")
     assert one(t, "parent", "sendmsg")["result"] == 0
     assert one(t, "worker", "recvmsg")["result"] == "nothing"
-    assert one(t, "client", "reply")["served"] == 0  # closed unserved
+    assert one(t, "client", "reply")["served"] == 0  # closed unserved ...
+    assert [l for l in r.narration("client") if l.startswith("no reply, end-of-file")]  # ... not left open
     assert r.result()["delivered"] == "0"
 
 
@@ -103,6 +105,7 @@ def test_small_control_truncates_and_closes_everything(tmp_path):
     assert got["ctrunc"] == 1 and got["closed"] == 2  # 2 installed (padding), 1 dropped by the kernel
     assert one(t, "parent", "lost_closed")["all"] == 1  # both pipe read ends saw EOF
     assert one(t, "client", "reply")["served"] == 0
+    assert [l for l in r.narration("client") if l.startswith("no reply, end-of-file")]
     assert r.result()["delivered"] == "0"
 
 
@@ -147,6 +150,13 @@ def test_serve_worker_holds_the_connection_parent_does_not(serve):
         assert c.recv(1) == b""  # the worker closes when the client is done
 
 
+def test_serve_echoes_bytes_as_they_came(serve):
+    s = serve(PROG)
+    with socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) as c:
+        c.sendall(b"a\0b\n")
+        assert re.fullmatch(rb"\[worker \d+\] a\0b\n", c.recv(100))
+
+
 def test_serve_many_clients_at_once(serve):
     s = serve(PROG)
     clients = [socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) for _ in range(20)]
@@ -168,8 +178,56 @@ def test_readme_diagrams_are_real_runs(args):
     assert mermaid_of(run(PROG, *args, "--mermaid")) in readme_diagrams("03-scm-rights")
 
 
-def test_bad_arguments():
-    run(PROG, "--kind", "socketpair", expect=2)
-    run(PROG, "--zero-byte", "--small-control", expect=2)
-    run(PROG, "--no-cloexec", "--kind", "file", expect=2)
-    run(PROG, "--serve", "--zero-byte", expect=2)
+FDPASS_CASES = [
+    "send_count", "kernel_scm_max_fd", "empty_payload", "cloexec", "too_many", "ctrunc",
+    "no_fd", "eof_is_not_no_fd", "foreign_cmsg", "epipe", "short_send", "eintr",
+]
+
+
+def test_fdpass_unit_cases_all_listed():
+    assert run("03-scm-rights/fdpass_test", "--list").lines == FDPASS_CASES
+
+
+@pytest.mark.parametrize("case", FDPASS_CASES)
+def test_fdpass_unit(case):
+    """fdpass.c on the paths no demo reaches (03-scm-rights/fdpass_test.c)."""
+    assert run("03-scm-rights/fdpass_test", case).lines == [f"ok {case}"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--kind", "socketpair"],
+        ["--zero-byte", "--small-control"],
+        ["--no-cloexec", "--kind", "file"],
+        ["--zero-byte", "--kind", "pipe"],
+        ["--small-control", "--kind", "file"],
+        ["--serve", "--zero-byte"],
+        ["--serve", "--mermaid"],
+        ["--port", "5"],
+        ["--no-such-switch"],
+        ["extra"],
+    ],
+)
+def test_bad_arguments(args):
+    assert len(run(PROG, *args, expect=2).stderr.splitlines()) == 1
+
+
+def test_runtime_failure_names_the_call(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        r = run(PROG, "--serve", "--port", busy.getsockname()[1], expect=1)
+    assert r.stderr.count("\n") == 1 and "listen" in r.stderr and os.strerror(98) in r.stderr
+    r = run(PROG, "--trace", tmp_path / "no-such-dir" / "t.jsonl", expect=1)
+    assert r.stderr.count("\n") == 1 and "trace" in r.stderr and os.strerror(2) in r.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serve_ends_cleanly_on_signal_with_a_client_connected(serve, sig):
+    s = serve(PROG)
+    with socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) as c:
+        c.sendall(b"hi\n")
+        assert c.recv(100).endswith(b"] hi\n")  # the worker holds it now
+        s.stop(sig)  # exit 0, worker reaped, nothing left behind
+        assert c.recv(1) == b""  # and the connection was closed

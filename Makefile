@@ -60,6 +60,7 @@ demo: all
 TEST_TOOLS := strace:strace openssl:openssl curl:curl wrk:wrk
 need-test:
 	@for t in $(TEST_TOOLS); do $(NEED) cmd $${t%%:*} $${t#*:} || exit 1; done
+	@$(NEED) file /usr/lib/python3/dist-packages/cryptography/__init__.py python3-cryptography
 
 PYTEST_ARGS ?=
 test: all need-test

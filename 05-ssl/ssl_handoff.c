@@ -553,15 +553,25 @@ static int one_record(struct tls13 *t)
 		return ALERT_BASE + alert;
 
 	switch (type) {
-	case CT_APPLICATION_DATA:
-		if (len > sizeof t->l.buf - t->l.len) { /* cannot happen: lines are answered as they fill */
-			OPENSSL_cleanse(plain, len);
-			return ALERT_BASE + ALERT_INTERNAL_ERROR;
+	case CT_APPLICATION_DATA: {
+		/* A record (up to 2^14 bytes) may land on a partial line: take it in
+		 * as much as fits at a time; answer_lines() always leaves room (a
+		 * full buffer without a newline is answered as one line). */
+		size_t off = 0;
+		while (off < len) {
+			size_t room = sizeof t->l.buf - t->l.len;
+			size_t k = len - off < room ? len - off : room;
+			memcpy(t->l.buf + t->l.len, plain + off, k);
+			t->l.len += k;
+			off += k;
+			if (answer_lines(t) < 0) {
+				OPENSSL_cleanse(plain, len);
+				return OVER;
+			}
 		}
-		memcpy(t->l.buf + t->l.len, plain, len);
-		t->l.len += len;
 		OPENSSL_cleanse(plain, len);
-		return answer_lines(t) < 0 ? OVER : GO_ON;
+		return GO_ON;
+	}
 	case CT_ALERT:
 		if (len != 2)
 			return ALERT_BASE + ALERT_DECODE_ERROR;

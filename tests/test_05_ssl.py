@@ -188,6 +188,26 @@ def test_python_after_handshake_each_suite_no_secret_leaks(serve, tmp_path, suit
         assert secret not in seen, "a TLS secret appeared in the server's output or trace"
 
 
+def test_pipelined_lines_across_records_after_handoff(serve):
+    """Many long lines in one burst: TLS records (2^14 bytes) end in the middle
+    of lines, so a record arrives while part of a line is buffered. Every line
+    comes back whole, in order (this once ended in an internal_error alert)."""
+    s = serve(PROG, "--mode", "after-handshake")
+    lines = [(b"%04d " % i) + b"x" * 7000 for i in range(60)]
+    with connect(s.port, client_ctx()) as tls:
+        c = Lines(tls)
+        assert c.ask("first")[0] == "parent"
+        sender = threading.Thread(target=tls.sendall, args=(b"".join(l + b"\n" for l in lines),))
+        sender.start()  # a thread: the replies must be read while we still send
+        try:
+            for want in lines:
+                m = REPLY.match(c.readline())
+                assert m and m.group(1) == "worker" and m.group(3) == want.decode().upper()
+        finally:
+            sender.join(WAIT)
+        tls.unwrap().close()
+
+
 @pytest.mark.parametrize("suite", SUITES)
 def test_python_before_handshake_each_suite(serve, suite):
     s = serve(PROG, "--mode", "before-handshake", "--ciphersuites", suite)

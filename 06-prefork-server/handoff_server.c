@@ -10,6 +10,13 @@
  *            ./handoff_server --serve [--port N] [--workers N]
  *                            [--model handoff|fork-per-conn|reuseport|proxy]
  *            curl http://127.0.0.1:PORT/   ->   served by worker <pid>
+ *            ./handoff_server --serve --tls          HTTPS: the dispatcher runs the
+ *            curl -k https://127.0.0.1:PORT/          TLS 1.3 handshake (non-blocking,
+ *                                                  in its epoll loop), then hands the
+ *                                                  descriptor AND the session state
+ *                                                  (stage 05's after-handshake handoff)
+ *                                                  to a worker, which carries the
+ *                                                  session on with stage 05's record layer
  *            kill -USR1 <dispatcher>       ->   one "counters: ..." line
  * Break it:  --die-before-ack N   the worker that receives the N-th connection
  *            dies before acknowledging it; the dispatcher still holds its copy,
@@ -39,7 +46,8 @@
  * per connection" - answered with numbers in README.md and bench/.
  * See also: unix(7) (SCM_RIGHTS, SO_PEERCRED, SOCK_SEQPACKET), recvmsg(2)
  * (MSG_CMSG_CLOEXEC), sendmsg(2) (MSG_NOSIGNAL), epoll(7), signalfd(2),
- * socket(7) (SO_REUSEPORT), accept4(2), fork(2), waitpid(2).
+ * socket(7) (SO_REUSEPORT), accept4(2), fork(2), waitpid(2); for --tls,
+ * ../05-ssl/tls_export.h, SSL_accept(3), SSL_get_error(3), RFC 8446.
  */
 #define _GNU_SOURCE
 #include "../03-scm-rights/fdpass.h"
@@ -147,7 +155,7 @@ union wire_buf {
 };
 
 /* epoll tags: what kind of descriptor woke us, and which one. */
-enum { T_LISTEN = 1, T_SIGNAL, T_CHAN, T_CONN, T_DONE };
+enum { T_LISTEN = 1, T_SIGNAL, T_CHAN, T_CONN, T_DONE, T_HS };
 static uint64_t tag(uint32_t kind, uint32_t idx)
 {
 	return (uint64_t)kind << 32 | idx;
@@ -793,6 +801,14 @@ struct relay { /* proxy: one client connection and its upstream to a worker */
 	char c2u[RELAY_BUF], u2c[RELAY_BUF];
 };
 
+struct hs { /* --tls: a connection whose handshake the dispatcher is running */
+	SSL *ssl;
+	struct tlsx_capture *cap;
+	struct pend p;
+	long long deadline;
+	uint32_t mask;
+};
+
 struct disp {
 	struct nar *n;
 	const struct config *cfg;
@@ -809,6 +825,8 @@ struct disp {
 	int nkids, kids_told;
 	struct relay **rtab; /* proxy: indexed by descriptor */
 	int rtabcap, nrelays;
+	struct hs **htab; /* --tls: handshakes in progress, indexed by descriptor */
+	int htabcap, nhs;
 	/* the demo */
 	pid_t client_pid;
 	int go_fd, done_fd, client_status;
@@ -878,6 +896,11 @@ static void close_inherited(struct disp *d, int keep_slot)
 	}
 	for (unsigned i = 0; i < d->q_count; i++)
 		pend_close(q_at(d, i));
+	for (int fd = 0; d->htab && fd < d->htabcap; fd++)
+		if (d->htab[fd]) { /* the child has no business with these sessions */
+			close(fd);
+			tlsx_capture_wipe(d->htab[fd]->cap);
+		}
 	for (int fd = 0; d->rtab && fd < d->rtabcap; fd++)
 		if (d->rtab[fd] && d->rtab[fd]->cfd == fd) {
 			close(d->rtab[fd]->cfd);
@@ -1303,86 +1326,137 @@ static void reap_kid(struct disp *d, pid_t pid)
 
 /* ---- --tls: the handshake before the handoff ------------------------------------ */
 
-static void set_timeouts(int fd, int ms)
+/*
+ * The dispatcher runs each connection's TLS 1.3 handshake itself, without
+ * blocking: the connection is in its epoll set only while the handshake runs
+ * (SSL_accept on a non-blocking socket, resumed on each readiness), and
+ * taken out of it before the handoff - from then on it never watches it
+ * again (stage 04). Each handshake has a deadline (--handshake-timeout), so
+ * a client that connects and says nothing costs a descriptor for a while,
+ * not the dispatcher's attention.
+ */
+static void hs_free(struct disp *d, struct hs *h, int close_fd)
 {
-	struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+	int fd = h->p.fd;
+	epoll_ctl(d->ep, EPOLL_CTL_DEL, fd, NULL);
+	d->htab[fd] = NULL;
+	d->nhs--;
+	if (h->cap) {
+		tlsx_capture_wipe(h->cap);
+		free(h->cap);
+	}
+	SSL_free(h->ssl);
+	ERR_clear_error();
+	if (close_fd)
+		pend_close(&h->p);
+	free(h);
 }
 
-/*
- * Runs the TLS 1.3 handshake on a new connection and exports the session
- * (stage 05's after-handshake handoff): on success p->state holds the
- * encoded state and OpenSSL's SSL object is gone without writing a byte
- * more. The handshake blocks, bounded by --handshake-timeout on each read
- * and write: while it runs, the dispatcher does nothing else (the cost of
- * this simple design, see README.md). 0, or -1 with the connection closed
- * and counted: a failed handshake, or a session whose state cannot be
- * exported exactly (fail closed: close_notify, never a broken handoff).
- */
-static int tls_handshake(struct disp *d, int fd, struct pend *p)
+/* The handshake is done: export the session (stage 05's after-handshake
+ * handoff) and queue the connection with its state. Fail closed: a session
+ * whose state cannot be exported exactly gets a close_notify and is closed,
+ * never handed off broken. */
+static void hs_finish(struct disp *d, struct hs *h)
 {
-	struct tlsx_capture *c = calloc(1, sizeof *c);
-	struct handoff_state *st = calloc(1, sizeof *st);
+	const char *code, *why = tlsx_cannot_export(h->ssl, h->cap, &code);
+	struct handoff_state *st = why ? NULL : calloc(1, sizeof *st);
 	uint8_t enc[TLS_STATE_MAX];
 	size_t len = 0;
-	SSL *ssl = SSL_new(d->cfg->ctx);
-	int rc = -1, one = 1;
-	if (!c || !st || !ssl || !SSL_set_fd(ssl, fd)) {
-		d->c.tls_failed++;
-		goto out;
+	if (!why && !st)
+		why = "out of memory";
+	if (!why) {
+		tlsx_export(h->ssl, h->cap, st);
+		if (hs_encode(st, enc, sizeof enc, &len) < 0 || !(h->p.state = malloc(len)))
+			why = "the state does not encode";
+		else
+			memcpy(h->p.state, enc, len);
+		h->p.state_len = (uint32_t)len;
+		OPENSSL_cleanse(enc, sizeof enc);
+		hs_wipe(st);
 	}
-	SSL_set_app_data(ssl, c);
-	/* Blocking, bounded; back to non-blocking (for the worker) afterwards.
-	 * TCP_NODELAY: the session tickets are two small writes in a row. */
-	fcntl(fd, F_SETFL, 0);
-	set_timeouts(fd, d->cfg->handshake_ms);
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-	if (SSL_accept(ssl) != 1) {
-		ERR_clear_error();
-		d->c.tls_failed++;
-		goto out;
-	}
-	const char *code, *why = tlsx_cannot_export(ssl, c, &code);
+	free(st);
 	if (why) {
 		say(d->n, "not handing off a TLS session I cannot export exactly (%s): closing it", why);
-		SSL_shutdown(ssl); /* our close_notify: a clean end, not a broken session */
+		SSL_shutdown(h->ssl); /* our close_notify: a clean end (non-blocking, best effort) */
 		d->c.tls_unexportable++;
-		goto out;
+		hs_free(d, h, 1);
+		return;
 	}
-	tlsx_export(ssl, c, st);
-	if (hs_encode(st, enc, sizeof enc, &len) < 0) {
-		d->c.tls_unexportable++;
-		goto out;
-	}
-	p->state = malloc(len);
-	if (!p->state) {
-		d->c.tls_failed++;
-		goto out;
-	}
-	memcpy(p->state, enc, len);
-	p->state_len = (uint32_t)len;
 	/* Free without a byte on the wire: a close_notify now would use a
 	 * sequence number the worker is about to use. */
-	SSL_set_quiet_shutdown(ssl, 1);
-	rc = 0;
-out:
-	ERR_clear_error();
-	OPENSSL_cleanse(enc, sizeof enc);
-	if (st) {
-		hs_wipe(st);
-		free(st);
+	SSL_set_quiet_shutdown(h->ssl, 1);
+	struct pend p = h->p;
+	h->p.state = NULL; /* it moves to the queue with the descriptor */
+	hs_free(d, h, 0);  /* out of our epoll set before anyone else reads it */
+	p.id = ++d->next_id;
+	q_push_back(d, p);
+}
+
+/* One step of a handshake: when the socket is ready, or right after accept. */
+static void hs_step(struct disp *d, struct hs *h)
+{
+	int r = SSL_accept(h->ssl);
+	if (r == 1) {
+		hs_finish(d, h);
+		return;
 	}
-	if (c) {
-		tlsx_capture_wipe(c);
-		free(c);
+	int e = SSL_get_error(h->ssl, r);
+	if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+		uint32_t mask = e == SSL_ERROR_WANT_WRITE ? EPOLLOUT : EPOLLIN;
+		if (mask != h->mask && ep_mod(d->ep, h->p.fd, mask, tag(T_HS, (uint32_t)h->p.fd)) == 0)
+			h->mask = mask;
+		return;
 	}
-	SSL_free(ssl);
-	set_timeouts(fd, 0);
-	fcntl(fd, F_SETFL, O_NONBLOCK);
-	if (rc < 0)
-		close(fd);
-	return rc;
+	d->c.tls_failed++; /* not TLS 1.3, not TLS at all, or the client left */
+	hs_free(d, h, 1);
+}
+
+static void hs_start(struct disp *d, struct pend p)
+{
+	struct hs *h = p.fd < d->htabcap ? calloc(1, sizeof *h) : NULL;
+	int one = 1;
+	if (h) {
+		h->p = p;
+		h->cap = calloc(1, sizeof *h->cap);
+		h->ssl = SSL_new(d->cfg->ctx);
+	}
+	if (!h || !h->cap || !h->ssl || !SSL_set_fd(h->ssl, p.fd) ||
+	    ep_add(d->ep, p.fd, EPOLLIN, tag(T_HS, (uint32_t)p.fd)) < 0) {
+		if (h) {
+			free(h->cap);
+			SSL_free(h->ssl);
+		}
+		free(h);
+		ERR_clear_error();
+		close(p.fd);
+		d->c.tls_failed++;
+		return;
+	}
+	SSL_set_app_data(h->ssl, h->cap);
+	/* The session tickets are two small writes in a row: no Nagle delay. */
+	setsockopt(p.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	h->mask = EPOLLIN;
+	h->deadline = now_ms() + d->cfg->handshake_ms;
+	d->htab[p.fd] = h;
+	d->nhs++;
+	hs_step(d, h); /* the ClientHello may be there already */
+}
+
+/* Handshakes past their deadline are closed and counted. */
+static void hs_sweep(struct disp *d, int all)
+{
+	long long now = now_ms();
+	for (int fd = 0, seen = 0; d->htab && fd < d->htabcap && seen < d->nhs; fd++) {
+		struct hs *h = d->htab[fd];
+		if (!h)
+			continue;
+		if (all || now >= h->deadline) {
+			d->c.tls_failed++;
+			hs_free(d, h, 1);
+		} else {
+			seen++;
+		}
+	}
 }
 
 /* ---- the loop ----------------------------------------------------------------- */
@@ -1415,7 +1489,7 @@ static void on_accept(struct disp *d)
 		}
 		switch (d->cfg->model) {
 		case M_HANDOFF:
-			if (d->q_count >= (unsigned)d->cfg->queue_max) {
+			if (d->q_count + (unsigned)d->nhs >= (unsigned)d->cfg->queue_max) {
 				refuse(d, fd);
 				break;
 			}
@@ -1425,8 +1499,10 @@ static void on_accept(struct disp *d)
 				.avoid = -1,
 				.flags = d->c.accepted == (unsigned long long)d->cfg->die_at ? ENTRY_CRASH : 0,
 			};
-			if (d->cfg->tls && tls_handshake(d, fd, &p) < 0)
+			if (d->cfg->tls) { /* queued when its handshake is done */
+				hs_start(d, p);
 				break;
+			}
 			d->next_id++;
 			q_push_back(d, p);
 			break;
@@ -1497,7 +1573,8 @@ static int stop_step(struct disp *d)
 	stop_accepting(d);
 	/* Proxy: the workers are told at once; their draining closes the
 	 * upstream side of every relay, which then closes its client. */
-	int alive = d->nrelays, pending = d->q_count > 0;
+	/* --tls: handshakes under way finish (or time out) and are handed off */
+	int alive = d->nrelays, pending = d->q_count > 0 || d->nhs > 0;
 	for (int s = 0; s < d->cfg->workers; s++)
 		pending |= d->slots[s].alive && d->slots[s].un_count > 0;
 	if (pending && d->q_count > 0) {
@@ -1551,6 +1628,7 @@ static void dispatcher_loop(struct disp *d)
 				for (int fd = 0; d->rtab && fd < d->rtabcap; fd++)
 					if (d->rtab[fd])
 						relay_free(d, d->rtab[fd]);
+				hs_sweep(d, 1);
 				stop_step(d);
 				break;
 			}
@@ -1576,11 +1654,15 @@ static void dispatcher_loop(struct disp *d)
 				}
 				if ((evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && chan_read(d, (int)idx) < 0)
 					worker_died(d, (int)idx, "channel EOF");
+			} else if (kind == T_HS && d->htab && d->htab[idx]) {
+				hs_step(d, d->htab[idx]);
 			} else if (kind == T_CONN && d->rtab && d->rtab[idx]) {
 				relay_pump(d, d->rtab[idx]);
 			}
 		}
 		respawn_due(d);
+		if (d->nhs > 0)
+			hs_sweep(d, 0);
 		if (d->cfg->model == M_HANDOFF)
 			dispatch(d);
 		if (d->accept_paused && d->lfd >= 0 && !d->stopping && now_ms() >= d->pause_until) {
@@ -1636,6 +1718,9 @@ static void disp_free(struct disp *d)
 	free(d->q);
 	free(d->kids);
 	free(d->rtab);
+	if (d->htab && d->nhs > 0)
+		hs_sweep(d, 1);
+	free(d->htab);
 	if (d->reserve_fd >= 0)
 		close(d->reserve_fd);
 	close(d->sfd);
@@ -1662,7 +1747,12 @@ static void disp_init(struct disp *d, struct nar *n, const struct config *cfg, i
 		d->rtabcap = (int)(rl.rlim_cur < 1u << 20 ? rl.rlim_cur : 1u << 20);
 		d->rtab = calloc((size_t)d->rtabcap, sizeof *d->rtab);
 	}
-	if (!d->q || (cfg->model == M_FORK && !d->kids) || (cfg->model == M_PROXY && !d->rtab))
+	if (cfg->tls) {
+		d->htabcap = (int)(rl.rlim_cur < 1u << 20 ? rl.rlim_cur : 1u << 20);
+		d->htab = calloc((size_t)d->htabcap, sizeof *d->htab);
+	}
+	if (!d->q || (cfg->model == M_FORK && !d->kids) || (cfg->model == M_PROXY && !d->rtab) ||
+	    (cfg->tls && !d->htab))
 		die("calloc");
 
 	if (cfg->model == M_REUSEPORT) {

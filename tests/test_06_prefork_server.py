@@ -656,10 +656,12 @@ def test_tls_die_before_ack_redispatches_with_the_state(serve):
     assert server_pid in before and server_pid != dead
 
 
-def test_tls_batch_with_a_crash_every_state_travels(serve):
-    # As the plain batch test: 40 connections accepted (and handshaken) in one
-    # go, 20 descriptors with 20 session states per message; the worker given
-    # the 5th dies, so its 20 go to the other worker, states and all.
+def test_tls_burst_with_a_crash_every_state_travels(serve):
+    # As the plain batch test, 40 connections accepted at once; their
+    # handshakes finish in the dispatcher's epoll loop in whatever order the
+    # clients go, so how many share a message (with their states) varies.
+    # The worker given the 5th dies before acknowledging: every connection
+    # of its message is re-dispatched, states and all, and answered.
     s = serve(PROG, "--workers", "2", "--tls", "--die-before-ack", "5")
     ctx = tls_context()
     raws, results, threads = [], [None] * 40, []
@@ -688,9 +690,29 @@ def test_tls_batch_with_a_crash_every_state_travels(serve):
     assert not any(t.is_alive() for t in threads)
     assert [r[0] if isinstance(r, tuple) else r for r in results] == [200] * 40
     c = counters_until(s, lambda c: c["acked"] == 40)
-    assert c["redispatched"] == 20 and c["respawned"] == 1 and c["lost"] == 0
-    assert c["handed_off"] == 60 and c["accepted"] == 40
-    assert len({BODY.fullmatch(r[1]).group(1) for r in results}) == 1
+    assert c["redispatched"] >= 1 and c["respawned"] == 1 and c["lost"] == 0
+    assert c["handed_off"] == 40 + c["redispatched"] and c["accepted"] == 40
+    assert c["tls_failed"] == 0
+
+
+def test_tls_silent_client_does_not_stall_the_dispatcher(serve):
+    """The handshake runs in the dispatcher's epoll loop: a client that
+    connects and says nothing holds a descriptor, not the dispatcher. With a
+    handshake bound of 10 minutes, another client is still served at once;
+    with a short bound the silent one is closed and counted."""
+    s = serve(PROG, "--workers", "1", "--tls", "--handshake-timeout", "600000")
+    with socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) as silent:
+        counters_until(s, lambda c: c["accepted"] == 1)
+        assert tls_get(s.port)[0] == 200
+        c = counters(s)
+        assert c["acked"] == 1 and c["tls_failed"] == 0
+        silent.sendall(b"\x16\x03\x01")  # a ClientHello that never ends
+        assert tls_get(s.port)[0] == 200
+    s2 = serve(PROG, "--workers", "1", "--tls", "--handshake-timeout", "300")
+    with socket.create_connection(("127.0.0.1", s2.port), timeout=WAIT) as silent:
+        assert until_eof(silent) == b""  # closed at the bound
+    c = counters_until(s2, lambda c: c["tls_failed"] == 1)
+    assert c["handed_off"] == 0
 
 
 def test_tls_failed_handshakes_are_counted_and_closed(serve):

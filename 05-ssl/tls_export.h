@@ -98,7 +98,7 @@ enum tlsx_event {
 	TLSX_CLOSE_NOTIFY,    /* the peer closed its side cleanly */
 	TLSX_PEER_ALERT,      /* the peer sent a fatal alert (ev->alert) */
 	TLSX_FATAL,           /* a bad record: send ev->alert, then close */
-	TLSX_KEY_UPDATE,      /* only reported, via tlsx_read's *ku counter */
+	TLSX_KEY_UPDATE,      /* tlsx_open_record only: a KeyUpdate was handled */
 };
 
 struct tlsx_sess {

@@ -117,6 +117,9 @@ static const char usage[] =
 	"                      the TLS 1.3 handshake, then hands over the descriptor\n"
 	"                      with the session state (stage 05's after-handshake mode)\n"
 	"  --handshake-timeout MS  --tls: bound on one handshake (default 3000)\n"
+	"  --read-ahead        break it (--tls): let OpenSSL read ahead, so a request that\n"
+	"                      comes with the client's Finished strands raw bytes in it:\n"
+	"                      the session cannot be exported, the dispatcher closes it\n"
 	"SIGUSR1 prints one line: counters: accepted=.. handed_off=.. acked=..\n"
 	"redispatched=.. respawned=.. refused=.. lost=.. tls_failed=.. tls_unexportable=..\n"
 	"(also printed at exit)\n" COMMON_USAGE;
@@ -126,6 +129,7 @@ struct config {
 	int respawn_fails; /* --respawn-fails */
 	int verbose; /* the demo: narrate every connection */
 	int tls, handshake_ms; /* --tls, --handshake-timeout */
+	int read_ahead;        /* --read-ahead */
 	SSL_CTX *ctx;          /* --tls: the dispatcher's server context */
 };
 
@@ -542,8 +546,7 @@ static void worker_chan(struct worker *w)
 {
 	static union wire_buf buf; /* one per process; large, so not on the stack */
 	static struct handoff_state hs;
-	struct wire *mp = &buf.m;
-#define m (*mp)
+	struct wire *m = &buf.m;
 	int fds[FDPASS_MAX_FDS];
 	struct fdpass_rx rx = { .buf = &buf, .cap = sizeof buf, .fds = fds, .max_fds = FDPASS_MAX_FDS };
 	/* fdpass_recv receives with MSG_CMSG_CLOEXEC: were a worker ever to exec
@@ -557,13 +560,13 @@ static void worker_chan(struct worker *w)
 	 * with --tls each has one, of at most TLS_STATE_MAX bytes; without, none. */
 	size_t states = 0;
 	int bad = st != FDPASS_OK || (rx.msg_flags & MSG_TRUNC) || rx.len < WIRE_LEN(0) ||
-		  m.type != MSG_HANDOFF || m.count != rx.nfds || rx.len < WIRE_LEN(m.count);
-	for (size_t i = 0; !bad && i < m.count; i++) {
-		uint32_t sl = m.e[i].state_len;
+		  m->type != MSG_HANDOFF || m->count != rx.nfds || rx.len < WIRE_LEN(m->count);
+	for (size_t i = 0; !bad && i < m->count; i++) {
+		uint32_t sl = m->e[i].state_len;
 		bad = w->cfg->tls ? sl == 0 || sl > TLS_STATE_MAX : sl != 0;
 		states += sl;
 	}
-	if (bad || rx.len != WIRE_LEN(m.count) + states) {
+	if (bad || rx.len != WIRE_LEN(m->count) + states) {
 		OPENSSL_cleanse(&buf, rx.len < sizeof buf ? rx.len : sizeof buf);
 		/* Nothing we can trust in it: close what came (fdpass already did on
 		 * its own rejections) and stop. The dispatcher still holds every
@@ -573,16 +576,16 @@ static void worker_chan(struct worker *w)
 		say(w->n, "bad message on the channel (%s); exiting", fdpass_strerror(st));
 		exit(EXIT_RUNTIME);
 	}
-	const uint8_t *state = buf.b + WIRE_LEN(m.count);
+	const uint8_t *state = buf.b + WIRE_LEN(m->count);
 	for (size_t i = 0; i < rx.nfds; i++) {
 		if (w->cfg->verbose) {
 			say(w->n, "recvmsg -> fd %d (connection #%llu), close-on-exec; watching it with epoll", fds[i],
-			    (unsigned long long)m.e[i].id);
-			ev(w->n, "recv", NULL, "id=%llu", (unsigned long long)m.e[i].id);
+			    (unsigned long long)m->e[i].id);
+			ev(w->n, "recv", NULL, "id=%llu", (unsigned long long)m->e[i].id);
 		}
-		if (m.e[i].flags & ENTRY_CRASH) {
+		if (m->e[i].flags & ENTRY_CRASH) {
 			say(w->n, "--die-before-ack: dying now, holding fd %d that I never acknowledged", fds[i]);
-			ev(w->n, "crash", NULL, "id=%llu", (unsigned long long)m.e[i].id);
+			ev(w->n, "crash", NULL, "id=%llu", (unsigned long long)m->e[i].id);
 			raise(SIGKILL); /* as abrupt as a crash gets: no cleanup at all */
 		}
 		/* The id is only needed for the ack. With --tls the session state
@@ -590,28 +593,27 @@ static void worker_chan(struct worker *w)
 		 * without it, or with another connection's. */
 		if (!w->cfg->tls) {
 			conn_add(w, fds[i], NULL);
-		} else if (hs_decode(&hs, state, m.e[i].state_len) == 0) {
+		} else if (hs_decode(&hs, state, m->e[i].state_len) == 0) {
 			conn_add(w, fds[i], &hs); /* wipes hs */
 		} else {
 			/* Cannot happen with our own dispatcher; fail closed: this
 			 * connection is acknowledged (so it is not sent again) and
 			 * closed, as no one can speak its session. */
 			say(w->n, "connection #%llu: a session state I cannot decode; closing it",
-			    (unsigned long long)m.e[i].id);
+			    (unsigned long long)m->e[i].id);
 			close(fds[i]);
 		}
-		state += m.e[i].state_len;
+		state += m->e[i].state_len;
 	}
 	/* the secrets are in the sessions now, and nowhere else in this process */
-	OPENSSL_cleanse(buf.b + WIRE_LEN(m.count), states);
-	m.type = MSG_ACK;
+	OPENSSL_cleanse(buf.b + WIRE_LEN(m->count), states);
+	m->type = MSG_ACK;
 	if (w->cfg->verbose) {
 		say(w->n, "acknowledging %u descriptor(s): until now the dispatcher's copy was what kept "
-			  "the connection safe if I died", m.count);
-		ev(w->n, "ack", "dispatcher", "count=%u", m.count);
+			  "the connection safe if I died", m->count);
+		ev(w->n, "ack", "dispatcher", "count=%u", m->count);
 	}
-	send_msg(w->chan, &m, WIRE_LEN(m.count));
-#undef m
+	send_msg(w->chan, m, WIRE_LEN(m->count));
 }
 
 static void worker_accept(struct worker *w)
@@ -1029,8 +1031,7 @@ static int pick(struct disp *d, int avoid)
 static void dispatch(struct disp *d)
 {
 	static union wire_buf buf;
-	struct wire *mp = &buf.m;
-#define m (*mp)
+	struct wire *m = &buf.m;
 	int fds[FDPASS_MAX_FDS];
 	unsigned cap = (unsigned)d->cfg->inflight_max;
 	while (d->q_count > 0) {
@@ -1050,7 +1051,7 @@ static void dispatch(struct disp *d)
 		unsigned k = 0;
 		while (k < n && k < d->q_count && q_at(d, k)->avoid == avoid) {
 			struct pend *p = q_at(d, k);
-			m.e[k] = (struct wire_entry){ .id = p->id, .flags = p->flags, .state_len = p->state_len };
+			m->e[k] = (struct wire_entry){ .id = p->id, .flags = p->flags, .state_len = p->state_len };
 			fds[k] = p->fd;
 			k++;
 		}
@@ -1064,15 +1065,15 @@ static void dispatch(struct disp *d)
 				len += p->state_len;
 			}
 		}
-		m.type = MSG_HANDOFF;
-		m.count = k;
+		m->type = MSG_HANDOFF;
+		m->count = k;
 		if (d->cfg->verbose)
 			for (unsigned i = 0; i < k; i++) {
 				say(d->n, "sendmsg(fd %d, connection #%llu) to %s; I keep my copy until it "
 					  "acknowledges",
-				    fds[i], (unsigned long long)m.e[i].id, sl->role);
+				    fds[i], (unsigned long long)m->e[i].id, sl->role);
 				ev(d->n, "handoff", sl->role, "id=%llu",
-				   (unsigned long long)m.e[i].id);
+				   (unsigned long long)m->e[i].id);
 			}
 		int st = fdpass_send(sl->chan, &buf, len, fds, k, NULL);
 		OPENSSL_cleanse(buf.b + WIRE_LEN(k), len - WIRE_LEN(k));
@@ -1099,7 +1100,6 @@ static void dispatch(struct disp *d)
 		}
 		die("sendmsg to %s (%s)", sl->role, fdpass_strerror(st));
 	}
-#undef m
 }
 
 /*
@@ -1945,7 +1945,7 @@ static int demo(struct nar *n, struct config *cfg)
 int main(int argc, char **argv)
 {
 	enum { OPT_WORKERS = OPT_STAGE, OPT_MODEL, OPT_DIE, OPT_HEADER, OPT_INFLIGHT, OPT_QUEUE,
-	       OPT_RESPAWN_FAILS, OPT_TLS, OPT_HANDSHAKE };
+	       OPT_RESPAWN_FAILS, OPT_TLS, OPT_HANDSHAKE, OPT_READAHEAD };
 	static const struct option longopts[] = {
 		COMMON_LONGOPTS,
 		{ "workers", required_argument, NULL, OPT_WORKERS },
@@ -1957,6 +1957,7 @@ int main(int argc, char **argv)
 		{ "respawn-fails", no_argument, NULL, OPT_RESPAWN_FAILS },
 		{ "tls", no_argument, NULL, OPT_TLS },
 		{ "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE },
+		{ "read-ahead", no_argument, NULL, OPT_READAHEAD },
 		{ 0 },
 	};
 	struct common_opts o = { 0 };
@@ -1982,6 +1983,7 @@ int main(int argc, char **argv)
 		case OPT_QUEUE: cfg.queue_max = (int)parse_long("--queue-max", optarg, 1, 1000000); break;
 		case OPT_RESPAWN_FAILS: cfg.respawn_fails = 1; break;
 		case OPT_TLS: cfg.tls = 1; break;
+		case OPT_READAHEAD: cfg.read_ahead = 1; break;
 		case OPT_HANDSHAKE: cfg.handshake_ms = (int)parse_long("--handshake-timeout", optarg, 10, 600000); break;
 		}
 	}
@@ -1998,6 +2000,8 @@ int main(int argc, char **argv)
 		usage_error("the demo makes two connections: --die-before-ack 1 or 2");
 	if (cfg.tls && (!o.serve || cfg.model != M_HANDOFF))
 		usage_error("--tls goes with --serve and the handoff model");
+	if (cfg.read_ahead && !cfg.tls)
+		usage_error("--read-ahead goes with --tls");
 	signal(SIGPIPE, SIG_IGN); /* belt and braces: every send already says MSG_NOSIGNAL */
 
 	/* A thousand connections need a thousand descriptors, in the dispatcher
@@ -2014,7 +2018,7 @@ int main(int argc, char **argv)
 	EVP_PKEY *pkey = NULL;
 	X509 *cert = NULL;
 	if (cfg.tls) {
-		const struct tlsx_ctx_opts co = { .tickets = 2 };
+		const struct tlsx_ctx_opts co = { .tickets = 2, .read_ahead = cfg.read_ahead };
 		const char *failed = "tlsx_make_identity";
 		if (tlsx_make_identity(&pkey, &cert) < 0 || !(cfg.ctx = tlsx_server_ctx(&co, pkey, cert, &failed)))
 		{

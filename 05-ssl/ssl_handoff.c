@@ -46,6 +46,7 @@
 #include "handoff_state.h"
 #include "ktls.h"
 #include "record.h"
+#include "tls_export.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -210,141 +211,25 @@ static size_t next_line(struct lines *l, char *out)
 /* The server's TLS context: a certificate made in memory               */
 /* ------------------------------------------------------------------ */
 
-/* A P-256 key and a self-signed certificate for localhost / 127.0.0.1,
- * made with the EVP and X509 APIs: no files, no openssl command. */
+/* The certificate, the capture of secrets and sequence numbers and the
+ * checks before export live in tls_export.c (stage 06 uses them too). */
 static void make_identity(EVP_PKEY **pkey, X509 **cert)
 {
-	*pkey = EVP_EC_gen("P-256");
-	X509 *x = X509_new();
-	if (!*pkey || !x)
-		die_ssl("EVP_EC_gen/X509_new");
-	X509_NAME *name = X509_get_subject_name(x);
-	X509_EXTENSION *san = X509V3_EXT_conf_nid(NULL, NULL, NID_subject_alt_name,
-						  "DNS:localhost,IP:127.0.0.1");
-	if (!X509_set_version(x, X509_VERSION_3) ||
-	    !ASN1_INTEGER_set(X509_get_serialNumber(x), (long)getpid()) ||
-	    !X509_gmtime_adj(X509_getm_notBefore(x), -3600) ||
-	    !X509_gmtime_adj(X509_getm_notAfter(x), 24L * 3600) || !X509_set_pubkey(x, *pkey) ||
-	    !X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"localhost", -1,
-					-1, 0) ||
-	    !X509_set_issuer_name(x, name) || !san || !X509_add_ext(x, san, -1) ||
-	    !X509_sign(x, *pkey, EVP_sha256()))
+	if (tlsx_make_identity(pkey, cert) < 0)
 		die_ssl("building the self-signed certificate");
-	X509_EXTENSION_free(san);
-	*cert = x;
-}
-
-/*
- * What the parent learns about a session while OpenSSL runs it, through the
- * two callbacks OpenSSL 3.0 offers (it has no getter for either):
- *   keylog  the application traffic secrets, CLIENT_/SERVER_TRAFFIC_SECRET_0;
- *   msg     one SSL3_RT_HEADER call per record read or written: counting
- *           them from the Finished message on gives the sequence numbers.
- */
-struct capture {
-	uint8_t client_secret[REC_MAX_SECRET], server_secret[REC_MAX_SECRET];
-	size_t client_len, server_len;
-	uint64_t rd_records, wr_records; /* records since the Finished in each direction */
-	int tickets;                     /* NewSessionTicket messages written */
-	int key_updates;                 /* KeyUpdate messages seen either way */
-};
-
-static void capture_wipe(struct capture *c)
-{
-	OPENSSL_cleanse(c, sizeof *c);
-}
-
-static int unhex(const char *s, uint8_t *out, size_t cap, size_t *len)
-{
-	size_t n = strlen(s);
-	if (n % 2 || n / 2 > cap)
-		return -1;
-	for (size_t i = 0; i < n / 2; i++) {
-		unsigned v;
-		if (sscanf(s + 2 * i, "%2x", &v) != 1)
-			return -1;
-		out[i] = (uint8_t)v;
-	}
-	*len = n / 2;
-	return 0;
-}
-
-/* "LABEL <client random> <secret>": keeps the two secrets we need, nothing
- * else, and never prints any of it. */
-static void keylog_cb(const SSL *ssl, const char *line)
-{
-	struct capture *c = SSL_get_app_data(ssl);
-	if (!c)
-		return;
-	const char *secret = strrchr(line, ' ');
-	if (!secret)
-		return;
-	if (strncmp(line, "CLIENT_TRAFFIC_SECRET_0 ", 24) == 0)
-		unhex(secret + 1, c->client_secret, sizeof c->client_secret, &c->client_len);
-	else if (strncmp(line, "SERVER_TRAFFIC_SECRET_0 ", 24) == 0)
-		unhex(secret + 1, c->server_secret, sizeof c->server_secret, &c->server_len);
-}
-
-static void msg_cb(int write_p, int version, int content_type, const void *buf, size_t len,
-		   SSL *ssl, void *arg)
-{
-	(void)version;
-	(void)arg;
-	struct capture *c = SSL_get_app_data(ssl);
-	if (!c)
-		return;
-	if (content_type == SSL3_RT_HEADER) { /* one per record, before its content */
-		if (write_p)
-			c->wr_records++;
-		else
-			c->rd_records++;
-		return;
-	}
-	if (content_type != SSL3_RT_HANDSHAKE || len < 1)
-		return;
-	switch (((const uint8_t *)buf)[0]) {
-	case SSL3_MT_FINISHED: /* the last record under the handshake key */
-		if (write_p)
-			c->wr_records = 0;
-		else
-			c->rd_records = 0;
-		break;
-	case SSL3_MT_NEWSESSION_TICKET:
-		if (write_p)
-			c->tickets++;
-		break;
-	case SSL3_MT_KEY_UPDATE:
-		c->key_updates++;
-		break;
-	}
 }
 
 static SSL_CTX *server_ctx(const struct opts *o, EVP_PKEY *pkey, X509 *cert)
 {
-	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-	if (!ctx)
-		die_ssl("SSL_CTX_new");
-	/* TLS 1.3 only: its per-direction state is what after-handshake hands over. */
-	if (!SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION))
-		die_ssl("SSL_CTX_set_min_proto_version");
-	if (o->suites && !SSL_CTX_set_ciphersuites(ctx, o->suites))
+	const struct tlsx_ctx_opts co = { .suites = o->suites, .tickets = o->tickets,
+					  .read_ahead = o->read_ahead, .cert_file = o->cert,
+					  .key_file = o->key };
+	const char *failed = NULL;
+	SSL_CTX *ctx = tlsx_server_ctx(&co, pkey, cert, &failed);
+	if (!ctx && strcmp(failed, "SSL_CTX_set_ciphersuites") == 0)
 		usage_error("--ciphersuites: OpenSSL accepts none of '%s'", o->suites);
-	if (o->cert) {
-		if (SSL_CTX_use_certificate_chain_file(ctx, o->cert) != 1)
-			die_ssl(o->cert);
-		if (SSL_CTX_use_PrivateKey_file(ctx, o->key, SSL_FILETYPE_PEM) != 1)
-			die_ssl(o->key);
-	} else if (SSL_CTX_use_certificate(ctx, cert) != 1 || SSL_CTX_use_PrivateKey(ctx, pkey) != 1) {
-		die_ssl("SSL_CTX_use_certificate");
-	}
-	if (SSL_CTX_check_private_key(ctx) != 1)
-		die_ssl("SSL_CTX_check_private_key");
-	/* Read-ahead off: OpenSSL then reads a record's header and body and not
-	 * one byte more, so nothing raw is stranded in its buffer at handoff. */
-	SSL_CTX_set_read_ahead(ctx, o->read_ahead);
-	SSL_CTX_set_num_tickets(ctx, (size_t)o->tickets);
-	SSL_CTX_set_keylog_callback(ctx, keylog_cb);
-	SSL_CTX_set_msg_callback(ctx, msg_cb);
+	if (!ctx)
+		die_ssl(failed);
 	return ctx;
 }
 
@@ -449,8 +334,7 @@ struct tls13 {
 	const struct nar *n;
 	const struct opts *o;
 	int conn;
-	struct rec_dir rd, wr;
-	uint64_t limit; /* records per write key before our own KeyUpdate */
+	struct tlsx_sess sess; /* both directions' keys and sequence numbers (tls_export.h) */
 	uint8_t rec[REC_HEADER + REC_MAX_CIPHER];
 	struct lines l;
 };
@@ -459,26 +343,27 @@ struct tls13 {
 static int send_record(struct tls13 *t, uint8_t type, const void *data, size_t len)
 {
 	size_t out_len;
-	if (rec_seal(&t->wr, type, data, len, 0, t->rec, sizeof t->rec, &out_len) < 0)
+	if (rec_seal(&t->sess.wr, type, data, len, 0, t->rec, sizeof t->rec, &out_len) < 0)
 		return -1;
 	return write_all(t->conn, t->rec, out_len);
 }
 
 static int send_alert(struct tls13 *t, int alert)
 {
-	/* In TLS 1.3 every alert but close_notify (and user_canceled) is fatal. */
-	uint8_t a[2] = { alert == ALERT_CLOSE_NOTIFY ? 1 : 2, (uint8_t)alert };
-	return send_record(t, CT_ALERT, a, sizeof a);
+	size_t out_len;
+	if (tlsx_seal_alert(&t->sess, alert, t->rec, sizeof t->rec, &out_len) < 0)
+		return -1;
+	return write_all(t->conn, t->rec, out_len);
 }
 
 /* Our own KeyUpdate (update_not_requested), then the new write key. */
 static int send_key_update(struct tls13 *t, const char *why)
 {
-	uint8_t ku[5] = { HS_KEY_UPDATE, 0, 0, 1, KU_NOT_REQUESTED };
+	size_t out_len;
 	ev(t->n, "key_update", "client", "why=%s", why);
-	if (send_record(t, CT_HANDSHAKE, ku, sizeof ku) < 0 || rec_update(&t->wr) < 0)
+	if (tlsx_seal_key_update(&t->sess, t->rec, sizeof t->rec, &out_len) < 0)
 		return -1;
-	return 0;
+	return write_all(t->conn, t->rec, out_len);
 }
 
 /* Application data out, in records of at most 2^14 bytes, with a KeyUpdate
@@ -486,9 +371,9 @@ static int send_key_update(struct tls13 *t, const char *why)
 static int send_data(struct tls13 *t, const char *data, size_t len)
 {
 	while (len > 0) {
-		if (t->wr.seq + 1 >= t->limit) {
+		if (t->sess.wr.seq + 1 >= t->sess.limit) {
 			say(t->n, "my write key has protected %" PRIu64 " records, its limit is %" PRIu64
-				  ": KeyUpdate before the next one", t->wr.seq, t->limit);
+				  ": KeyUpdate before the next one", t->sess.wr.seq, t->sess.limit);
 			if (send_key_update(t, "limit") < 0)
 				return -1;
 		}
@@ -545,15 +430,16 @@ static int one_record(struct tls13 *t)
 		say(n, "bad record header %02x %02x %02x %02x %02x", t->rec[0], t->rec[1], t->rec[2],
 		    t->rec[3], t->rec[4]);
 	}
-	uint8_t type = 0, *plain = NULL;
+	uint8_t *plain = NULL;
 	size_t len = 0;
+	int event = 0, request = -1;
 	if (alert == 0)
-		alert = rec_open(&t->rd, t->rec, REC_HEADER + body, &type, &plain, &len);
+		alert = tlsx_open_record(&t->sess, t->rec, REC_HEADER + body, &plain, &len, &event, &request);
 	if (alert)
 		return ALERT_BASE + alert;
 
-	switch (type) {
-	case CT_APPLICATION_DATA: {
+	switch (event) {
+	case 0: { /* application data */
 		/* A record (up to 2^14 bytes) may land on a partial line: take it in
 		 * as much as fits at a time; answer_lines() always leaves room (a
 		 * full buffer without a newline is answered as one line). */
@@ -572,26 +458,17 @@ static int one_record(struct tls13 *t)
 		OPENSSL_cleanse(plain, len);
 		return GO_ON;
 	}
-	case CT_ALERT:
-		if (len != 2)
-			return ALERT_BASE + ALERT_DECODE_ERROR;
-		if (plain[1] == ALERT_CLOSE_NOTIFY) {
-			say(n, "the client sent close_notify; answering with mine, from my own record layer");
-			ev(n, "close_notify", "client", NULL);
-			send_alert(t, ALERT_CLOSE_NOTIFY);
-		} else {
-			say(n, "the client sent alert %d (%s): the connection is over", plain[1],
-			    rec_alert_name(plain[1]));
-			ev(n, "client_alert", NULL, "alert=%d", plain[1]);
-		}
+	case TLSX_CLOSE_NOTIFY:
+		say(n, "the client sent close_notify; answering with mine, from my own record layer");
+		ev(n, "close_notify", "client", NULL);
+		send_alert(t, ALERT_CLOSE_NOTIFY);
 		return OVER;
-	case CT_HANDSHAKE: {
-		int request;
-		alert = rec_parse_key_update(plain, len, &request);
-		if (alert)
-			return ALERT_BASE + alert;
-		if (rec_update(&t->rd) < 0)
-			return ALERT_BASE + ALERT_INTERNAL_ERROR;
+	case TLSX_PEER_ALERT:
+		say(n, "the client sent alert %d (%s): the connection is over", t->sess.alert,
+		    rec_alert_name(t->sess.alert));
+		ev(n, "client_alert", NULL, "alert=%d", t->sess.alert);
+		return OVER;
+	default: /* TLSX_KEY_UPDATE: the read key has moved on already */
 		say(n, "KeyUpdate from the client (%s): my read key moves to the next traffic secret",
 		    request ? "update_requested" : "update_not_requested");
 		ev(n, "peer_key_update", NULL, "requested=%d", request);
@@ -599,9 +476,6 @@ static int one_record(struct tls13 *t)
 		if (request && send_key_update(t, "requested") < 0)
 			return OVER;
 		return GO_ON;
-	}
-	default:
-		return ALERT_BASE + ALERT_UNEXPECTED_MESSAGE;
 	}
 }
 
@@ -617,27 +491,23 @@ static void worker_after(const struct nar *n, const struct opts *o, int conn,
 	t->o = o;
 	t->conn = conn;
 	const char *suite = rec_suite_name(st->suite);
-	if (rec_init(&t->rd, st->suite, st->rd.secret, st->rd.secret_len, st->rd.seq, 0) < 0 ||
-	    rec_init(&t->wr, st->suite, st->wr.secret, st->wr.secret_len, st->wr.seq, 1) < 0) {
-		say(n, "cannot set up the record layer: %s", strerror(errno));
-		hs_wipe(st);
-		goto out;
-	}
 	memcpy(t->l.buf, st->pending, st->pending_len);
 	t->l.len = st->pending_len;
+	uint64_t rd_seq = st->rd.seq, wr_seq = st->wr.seq;
+	size_t pending = st->pending_len;
+	/* tlsx_sess_init wipes st: the secrets live on only inside t->sess */
+	if (tlsx_sess_init(&t->sess, st, o->rekey_after) < 0) {
+		say(n, "cannot set up the record layer: %s", strerror(errno));
+		goto out;
+	}
 	say(n, "took over the TLS 1.3 session on fd %d: %s, next record to read #%" PRIu64
 	       ", next to write #%" PRIu64 ", %zu bytes the parent had already decrypted",
-	    conn, suite, st->rd.seq, st->wr.seq, st->pending_len);
+	    conn, suite, rd_seq, wr_seq, pending);
 	ev(n, "resume", NULL, "suite=%s read_seq=%" PRIu64 " write_seq=%" PRIu64 " pending=%zu", suite,
-	   st->rd.seq, st->wr.seq, st->pending_len);
-	hs_wipe(st); /* the secrets live on only inside t->rd, t->wr */
-
-	t->limit = rec_key_limit(t->wr.suite);
-	if (o->rekey_after && o->rekey_after < t->limit)
-		t->limit = o->rekey_after;
+	   rd_seq, wr_seq, pending);
 
 	if (o->ktls_ok) {
-		if (ktls_install(conn, &t->rd, &t->wr) == 0) {
+		if (ktls_install(conn, &t->sess.rd, &t->sess.wr) == 0) {
 			/* UNTESTED here (no tls module on this kernel): from now on plain
 			 * read/write; control records would need recvmsg cmsgs. */
 			say(n, "kernel TLS installed: the kernel now holds the session");
@@ -672,8 +542,7 @@ static void worker_after(const struct nar *n, const struct opts *o, int conn,
 		send_alert(t, alert);
 	}
 out:
-	rec_free(&t->rd);
-	rec_free(&t->wr);
+	tlsx_sess_free(&t->sess);
 	OPENSSL_cleanse(t, sizeof *t);
 	free(t);
 }
@@ -803,31 +672,11 @@ static int hand_over(const struct nar *n, struct pool *p, int w, int conn, const
 	return s == FDPASS_OK ? 0 : -1;
 }
 
-/* Why the session cannot be exported exactly (and a one-word code for the
- * trace), or NULL if it can. */
-static const char *cannot_export(SSL *ssl, const struct capture *c, uint16_t suite, const char **code)
-{
-	if ((*code = "version", SSL_version(ssl) != TLS1_3_VERSION))
-		return "not TLS 1.3";
-	if ((*code = "suite", !rec_suite_name(suite)))
-		return "a cipher suite my worker does not implement";
-	if ((*code = "shutdown", SSL_get_shutdown(ssl) != 0))
-		return "a shutdown is under way";
-	if ((*code = "key_update", c->key_updates || SSL_get_key_update_type(ssl) != SSL_KEY_UPDATE_NONE))
-		return "a KeyUpdate happened or is pending (OpenSSL 3.0 does not tell me the new secrets)";
-	if ((*code = "read_ahead", SSL_has_pending(ssl)))
-		return "OpenSSL holds raw bytes it read ahead and has not decrypted; they cannot be exported";
-	if ((*code = "secrets", c->client_len != rec_secret_len(suite) || c->server_len != rec_secret_len(suite)))
-		return "the keylog callback did not deliver both traffic secrets";
-	*code = NULL;
-	return NULL;
-}
-
 /* naive and after-handshake: the parent runs the handshake. */
 static void parent_tls(struct nar *n, const struct opts *o, SSL_CTX *ctx, struct pool *p, int conn)
 {
 	char why[128];
-	struct capture *c = calloc(1, sizeof *c);
+	struct tlsx_capture *c = calloc(1, sizeof *c);
 	struct lines *l = calloc(1, sizeof *l);
 	uint8_t *msg = malloc(1 + HS_MAX_ENCODED);
 	struct handoff_state *st = calloc(1, sizeof *st);
@@ -899,7 +748,7 @@ static void parent_tls(struct nar *n, const struct opts *o, SSL_CTX *ctx, struct
 			break;
 		l->len += (size_t)got;
 	}
-	const char *code = "no_worker", *refuse = w < 0 ? "no worker is alive" : cannot_export(ssl, c, suite, &code);
+	const char *code = "no_worker", *refuse = w < 0 ? "no worker is alive" : tlsx_cannot_export(ssl, c, &code);
 	if (!refuse && SSL_pending(ssl) > 0) {
 		refuse = "more decrypted plaintext than the state message carries";
 		code = "pending";
@@ -909,18 +758,12 @@ static void parent_tls(struct nar *n, const struct opts *o, SSL_CTX *ctx, struct
 		 * so this connection stays with the process that has the real one. */
 		say(n, "refusing the handoff: %s. I keep serving this connection myself", refuse);
 		ev(n, "refuse", NULL, "why=%s", code);
-		capture_wipe(c);
+		tlsx_capture_wipe(c);
 		ssl_serve_lines(n, o, ssl, l);
 		goto free_ssl;
 	}
 
-	st->suite = suite;
-	st->rd.secret_len = c->client_len;
-	memcpy(st->rd.secret, c->client_secret, c->client_len);
-	st->rd.seq = c->rd_records;
-	st->wr.secret_len = c->server_len;
-	memcpy(st->wr.secret, c->server_secret, c->server_len);
-	st->wr.seq = c->wr_records;
+	tlsx_export(ssl, c, st);
 	if (o->bad_seq && st->wr.seq > 0) {
 		st->wr.seq--;
 		say(n, "--bad-seq: handing over write sequence %" PRIu64 " instead of %" PRIu64
@@ -930,7 +773,7 @@ static void parent_tls(struct nar *n, const struct opts *o, SSL_CTX *ctx, struct
 	memcpy(st->pending, l->buf, l->len);
 	int tickets = c->tickets;
 	OPENSSL_cleanse(l, sizeof *l);
-	capture_wipe(c);
+	tlsx_capture_wipe(c);
 	size_t enc;
 	msg[0] = MSG_AFTER;
 	if (hs_encode(st, msg + 1, HS_MAX_ENCODED, &enc) < 0) {
@@ -966,7 +809,7 @@ free_ssl:
 	close(conn);
 out:
 	if (c)
-		capture_wipe(c);
+		tlsx_capture_wipe(c);
 	if (l)
 		OPENSSL_cleanse(l, sizeof *l);
 	free(c);

@@ -10,6 +10,13 @@
  *            ./handoff_server --serve [--port N] [--workers N]
  *                            [--model handoff|fork-per-conn|reuseport|proxy]
  *            curl http://127.0.0.1:PORT/   ->   served by worker <pid>
+ *            ./handoff_server --serve --tls          HTTPS: the dispatcher runs the
+ *            curl -k https://127.0.0.1:PORT/          TLS 1.3 handshake (non-blocking,
+ *                                                  in its epoll loop), then hands the
+ *                                                  descriptor AND the session state
+ *                                                  (stage 05's after-handshake handoff)
+ *                                                  to a worker, which carries the
+ *                                                  session on with stage 05's record layer
  *            kill -USR1 <dispatcher>       ->   one "counters: ..." line
  * Break it:  --die-before-ack N   the worker that receives the N-th connection
  *            dies before acknowledging it; the dispatcher still holds its copy,
@@ -39,19 +46,23 @@
  * per connection" - answered with numbers in README.md and bench/.
  * See also: unix(7) (SCM_RIGHTS, SO_PEERCRED, SOCK_SEQPACKET), recvmsg(2)
  * (MSG_CMSG_CLOEXEC), sendmsg(2) (MSG_NOSIGNAL), epoll(7), signalfd(2),
- * socket(7) (SO_REUSEPORT), accept4(2), fork(2), waitpid(2).
+ * socket(7) (SO_REUSEPORT), accept4(2), fork(2), waitpid(2); for --tls,
+ * ../05-ssl/tls_export.h, SSL_accept(3), SSL_get_error(3), RFC 8446.
  */
 #define _GNU_SOURCE
 #include "../03-scm-rights/fdpass.h"
 #include "../common/cli.h"
 #include "../common/narrate.h"
 #include "../common/util.h"
+#include "../05-ssl/handoff_state.h"
+#include "../05-ssl/tls_export.h"
 #include "http.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -62,10 +73,15 @@
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #define MAX_WORKERS 64
 #define MAX_KIDS 4096     /* fork-per-conn: children alive at once */
@@ -73,6 +89,10 @@
 #define OUT_MAX 2048      /* a connection's pending response bytes */
 #define RELAY_BUF 16384   /* proxy: bytes in flight per direction */
 #define TICK_MS 100       /* how often idle deadlines are checked */
+/* --tls: an encoded session state without pending plaintext (the dispatcher
+ * never reads application data), and the sealed form of a response buffer. */
+#define TLS_STATE_MAX (HS_MAX_ENCODED - HS_MAX_PENDING)
+#define TOUT_MAX (OUT_MAX + 4 * (REC_HEADER + 1 + REC_TAG + 8))
 
 enum model { M_HANDOFF, M_FORK, M_REUSEPORT, M_PROXY };
 static const char *const model_names[] = { "handoff", "fork-per-conn", "reuseport", "proxy", NULL };
@@ -93,13 +113,24 @@ static const char usage[] =
 	"                      (default 4096)\n"
 	"  --respawn-fails     break it: every replacement worker exits before it is\n"
 	"                      ready; the dispatcher backs off instead of fork-looping\n"
+	"  --tls               HTTPS (handoff model, with --serve): the dispatcher runs\n"
+	"                      the TLS 1.3 handshake, then hands over the descriptor\n"
+	"                      with the session state (stage 05's after-handshake mode)\n"
+	"  --handshake-timeout MS  --tls: bound on one handshake (default 3000)\n"
+	"  --read-ahead        break it (--tls): let OpenSSL read ahead, so a request that\n"
+	"                      comes with the client's Finished strands raw bytes in it:\n"
+	"                      the session cannot be exported, the dispatcher closes it\n"
 	"SIGUSR1 prints one line: counters: accepted=.. handed_off=.. acked=..\n"
-	"redispatched=.. respawned=.. refused=.. lost=..  (also printed at exit)\n" COMMON_USAGE;
+	"redispatched=.. respawned=.. refused=.. lost=.. tls_failed=.. tls_unexportable=..\n"
+	"(also printed at exit)\n" COMMON_USAGE;
 
 struct config {
 	int model, workers, die_at, header_ms, inflight_max, queue_max;
 	int respawn_fails; /* --respawn-fails */
 	int verbose; /* the demo: narrate every connection */
+	int tls, handshake_ms; /* --tls, --handshake-timeout */
+	int read_ahead;        /* --read-ahead */
+	SSL_CTX *ctx;          /* --tls: the dispatcher's server context */
 };
 
 /* ---- the channel's messages (one SOCK_SEQPACKET message each) ---------- */
@@ -110,7 +141,9 @@ enum { ENTRY_CRASH = 1 }; /* --die-before-ack: die on this one, before the ack *
 struct wire_entry {
 	uint64_t id;    /* the dispatcher's number for the connection */
 	uint32_t flags; /* ENTRY_CRASH */
-	uint32_t unused;
+	uint32_t state_len; /* --tls: bytes of this connection's encoded session
+			       state (handoff_state.h); the states follow the
+			       entries, in entry order. 0 without --tls */
 };
 struct wire {
 	uint32_t type;  /* MSG_* */
@@ -118,9 +151,15 @@ struct wire {
 	struct wire_entry e[FDPASS_MAX_FDS];
 };
 #define WIRE_LEN(n) (offsetof(struct wire, e) + (size_t)(n) * sizeof(struct wire_entry))
+/* A handoff message at its largest: every entry with a session state. */
+#define WIRE_CAP (sizeof(struct wire) + FDPASS_MAX_FDS * TLS_STATE_MAX)
+union wire_buf {
+	struct wire m;
+	uint8_t b[WIRE_CAP];
+};
 
 /* epoll tags: what kind of descriptor woke us, and which one. */
-enum { T_LISTEN = 1, T_SIGNAL, T_CHAN, T_CONN, T_DONE };
+enum { T_LISTEN = 1, T_SIGNAL, T_CHAN, T_CONN, T_DONE, T_HS };
 static uint64_t tag(uint32_t kind, uint32_t idx)
 {
 	return (uint64_t)kind << 32 | idx;
@@ -169,13 +208,19 @@ struct conn {
 	int fd;
 	int closing;         /* close once the pending response is out */
 	int peer_eof;        /* the client shut down its side */
-	int want_out;        /* registered for EPOLLOUT */
 	int linger;          /* after an error answer: shut down our side, discard the rest */
 	int lingering;       /* ... and now waiting for the client's EOF (bounded) */
 	long long deadline;  /* the request head must be in by then */
 	size_t in_len, out_len, out_off;
 	char in[HTTP_REQ_MAX];
 	char out[OUT_MAX];
+	/* --tls: the session taken over from the dispatcher. `in` and `out` hold
+	 * plaintext; `tout` the sealed records on their way to the socket. */
+	struct tlsx_sess *tls;
+	uint32_t mask;       /* the events registered for it in epoll */
+	int bye;             /* the alert to send at close (close_notify), -1: none */
+	size_t tout_len, tout_off;
+	uint8_t tout[TOUT_MAX];
 };
 
 struct worker {
@@ -192,12 +237,29 @@ struct worker {
 	pid_t pid;
 };
 
+/* --tls: our last record, once: close_notify on a clean close, the fatal
+ * alert after a bad record, nothing after the client's own alert. Best
+ * effort (non-blocking): the client may be gone already. */
+static void tls_goodbye(struct conn *c)
+{
+	uint8_t rec[64];
+	size_t len;
+	if (c->tls && c->bye >= 0 && tlsx_seal_alert(c->tls, c->bye, rec, sizeof rec, &len) == 0)
+		(void)!send(c->fd, rec, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+	c->bye = -1;
+}
+
 static void conn_close(struct worker *w, struct conn *c)
 {
 	/* EPOLL_CTL_DEL before close(): while the dispatcher still holds its copy,
 	 * the open file lives on, and so would its registration in our epoll set
 	 * (NOTES.md, the epoll trap) - events for a number we no longer own. */
 	epoll_ctl(w->ep, EPOLL_CTL_DEL, c->fd, NULL);
+	if (c->tls) {
+		tls_goodbye(c);
+		tlsx_sess_free(c->tls); /* keys and secrets wiped */
+		free(c->tls);
+	}
 	close(c->fd);
 	w->tab[c->fd] = NULL;
 	free(c);
@@ -205,22 +267,32 @@ static void conn_close(struct worker *w, struct conn *c)
 	w->done++;
 }
 
-static int conn_add(struct worker *w, int fd)
+/* Takes fd over; with a session state (--tls), carries the session on with
+ * stage 05's record layer. st is wiped either way. */
+static int conn_add(struct worker *w, int fd, struct handoff_state *st)
 {
-	if (fd >= w->tabcap) {
-		close(fd);
-		return -1;
-	}
-	struct conn *c = calloc(1, sizeof *c);
-	if (!c) {
+	struct conn *c = fd < w->tabcap ? calloc(1, sizeof *c) : NULL;
+	struct tlsx_sess *tls = st ? malloc(sizeof *tls) : NULL;
+	if (!c || (st && (!tls || tlsx_sess_init(tls, st, 0) < 0))) {
+		if (st)
+			hs_wipe(st);
+		free(tls);
+		free(c);
 		close(fd);
 		return -1;
 	}
 	c->fd = fd;
+	c->tls = tls;
+	c->bye = ALERT_CLOSE_NOTIFY;
+	c->mask = EPOLLIN;
 	c->deadline = now_ms() + w->cfg->header_ms;
 	/* The descriptor is non-blocking already: O_NONBLOCK lives in the open
 	 * file description, which the dispatcher's accept4(SOCK_NONBLOCK) set. */
 	if (ep_add(w->ep, fd, EPOLLIN, tag(T_CONN, (uint32_t)fd)) < 0) {
+		if (tls) {
+			tlsx_sess_free(tls);
+			free(tls);
+		}
 		close(fd);
 		free(c);
 		return -1;
@@ -267,6 +339,81 @@ static void conn_respond(struct worker *w, struct conn *c)
 	}
 }
 
+/*
+ * Plaintext in, like read(2): > 0 bytes, 0 at the end of the client's data,
+ * -1 with errno (EAGAIN: nothing more yet). With --tls it reads raw bytes
+ * into the session (whole records are opened; a partial one waits in the
+ * session's buffer for the rest) and hands out what they decrypt to. The
+ * client's close_notify is its end of data; a bad record or a fatal alert
+ * ends the connection (EPROTO).
+ */
+static ssize_t conn_recv(struct conn *c, char *buf, size_t cap)
+{
+	if (!c->tls)
+		return read(c->fd, buf, cap);
+	for (;;) {
+		int ev = 0;
+		size_t k = tlsx_read(c->tls, buf, cap, &ev);
+		if (k > 0)
+			return (ssize_t)k;
+		if (ev == TLSX_WANT_READ) {
+			uint8_t *p;
+			size_t room = tlsx_in_room(c->tls, &p);
+			ssize_t r = read(c->fd, p, room);
+			if (r > 0) {
+				tlsx_in_added(c->tls, (size_t)r);
+				continue;
+			}
+			if (r == 0)
+				c->bye = -1; /* TCP EOF without close_notify: nobody to tell */
+			return r;
+		}
+		if (ev == TLSX_CLOSE_NOTIFY)
+			return 0; /* answered with ours when we close */
+		c->bye = ev == TLSX_FATAL ? c->tls->alert : -1;
+		errno = EPROTO;
+		return -1;
+	}
+}
+
+/* Writes what is pending (with --tls: seals it first). 0: all out; 1: the
+ * socket is full; -1: the connection is broken. */
+static int conn_send(struct conn *c)
+{
+	for (;;) {
+		char *buf = c->out;
+		size_t *len = &c->out_len, *off = &c->out_off;
+		if (c->tls) {
+			if (c->tout_off == c->tout_len && c->out_len > 0) {
+				size_t n;
+				if (tlsx_seal_data(c->tls, c->out, c->out_len, c->tout, sizeof c->tout, &n,
+						   NULL) < 0)
+					return -1;
+				c->tout_len = n;
+				c->tout_off = 0;
+				c->out_len = c->out_off = 0;
+			}
+			buf = (char *)c->tout;
+			len = &c->tout_len;
+			off = &c->tout_off;
+		}
+		if (*off >= *len) {
+			*off = *len = 0;
+			return 0;
+		}
+		ssize_t r = send(c->fd, buf + *off, *len - *off, MSG_NOSIGNAL);
+		if (r > 0) {
+			*off += (size_t)r;
+			continue;
+		}
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0 && errno == EAGAIN)
+			return 1;
+		return -1;
+	}
+}
+
 /* Reads, responds, writes; closes when done (c may be freed on return). */
 static void conn_io(struct worker *w, struct conn *c)
 {
@@ -280,7 +427,7 @@ static void conn_io(struct worker *w, struct conn *c)
 	}
 	for (int round = 0; round < 4; round++) {
 		while (!c->peer_eof && c->in_len < sizeof c->in) {
-			ssize_t r = read(c->fd, c->in + c->in_len, sizeof c->in - c->in_len);
+			ssize_t r = conn_recv(c, c->in + c->in_len, sizeof c->in - c->in_len);
 			if (r > 0) {
 				c->in_len += (size_t)r;
 				continue;
@@ -297,33 +444,29 @@ static void conn_io(struct worker *w, struct conn *c)
 			return;
 		}
 		conn_respond(w, c);
-		while (c->out_off < c->out_len) {
-			ssize_t r = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
-			if (r > 0) {
-				c->out_off += (size_t)r;
-				continue;
-			}
-			if (r < 0 && errno == EINTR)
-				continue;
-			if (r < 0 && errno == EAGAIN)
-				break;
+		int pending = conn_send(c);
+		if (pending < 0) {
 			conn_close(w, c);
 			return;
 		}
-		int pending = c->out_off < c->out_len;
-		if (!pending)
-			c->out_off = c->out_len = 0;
-		if (pending != c->want_out) {
-			/* Waiting to write: watch for room only. Level-triggered EPOLLIN
-			 * on a client that sends and never reads would spin otherwise. */
-			c->want_out = pending;
-			ep_mod(w->ep, c->fd, pending ? EPOLLOUT : EPOLLIN, tag(T_CONN, (uint32_t)c->fd));
+		/* Waiting to write: watch for room only. Level-triggered EPOLLIN on a
+		 * client that sends and never reads would spin otherwise. With --tls,
+		 * whole records already read from the socket wake no epoll_wait:
+		 * while some wait in the session, ask to be called back at once
+		 * (EPOLLOUT is ready on a socket with room). */
+		uint32_t mask = pending ? EPOLLOUT
+			      : c->tls && !c->peer_eof && tlsx_buffered(c->tls) ? EPOLLIN | EPOLLOUT
+										: EPOLLIN;
+		if (mask != c->mask) {
+			c->mask = mask;
+			ep_mod(w->ep, c->fd, mask, tag(T_CONN, (uint32_t)c->fd));
 		}
 		if (!pending && c->linger && !c->peer_eof) {
 			/* We stopped reading mid-request. close() now, with the client's
 			 * bytes unread, would make the kernel answer with a reset that
 			 * can destroy our 400 before the client reads it: send FIN,
 			 * drain what still comes, close at EOF or after a second. */
+			tls_goodbye(c);
 			shutdown(c->fd, SHUT_WR);
 			c->lingering = 1;
 			c->deadline = now_ms() + 1000;
@@ -348,7 +491,7 @@ static void worker_sweep(struct worker *w, long long now)
 		struct conn *c = w->tab[fd];
 		if (!c)
 			continue;
-		int idle = c->in_len == 0 && c->out_len == 0;
+		int idle = c->in_len == 0 && c->out_len == 0 && c->tout_len == 0;
 		if (w->draining && idle) {
 			conn_close(w, c);
 			continue;
@@ -357,8 +500,15 @@ static void worker_sweep(struct worker *w, long long now)
 			continue;
 		if (c->in_len > 0 && c->out_len == 0 && !c->lingering) {
 			char msg[256];
+			uint8_t sealed[256 + 64];
 			size_t len = http_error(msg, sizeof msg, 408);
-			(void)!send(c->fd, msg, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+			const void *out = msg;
+			if (c->tls) {
+				if (tlsx_seal_data(c->tls, msg, len, sealed, sizeof sealed, &len, NULL) < 0)
+					len = 0;
+				out = sealed;
+			}
+			(void)!send(c->fd, out, len, MSG_NOSIGNAL | MSG_DONTWAIT);
 		}
 		conn_close(w, c);
 	}
@@ -394,9 +544,11 @@ static void send_msg(int chan, const struct wire *m, size_t len)
 /* One message from the dispatcher: descriptors to serve. */
 static void worker_chan(struct worker *w)
 {
-	static struct wire m; /* one per process; large, so not on the stack */
+	static union wire_buf buf; /* one per process; large, so not on the stack */
+	static struct handoff_state hs;
+	struct wire *m = &buf.m;
 	int fds[FDPASS_MAX_FDS];
-	struct fdpass_rx rx = { .buf = &m, .cap = sizeof m, .fds = fds, .max_fds = FDPASS_MAX_FDS };
+	struct fdpass_rx rx = { .buf = &buf, .cap = sizeof buf, .fds = fds, .max_fds = FDPASS_MAX_FDS };
 	/* fdpass_recv receives with MSG_CMSG_CLOEXEC: were a worker ever to exec
 	 * a helper, no client connection would leak into it. */
 	int st = fdpass_recv(w->chan, &rx);
@@ -404,8 +556,18 @@ static void worker_chan(struct worker *w)
 		worker_start_drain(w, "the dispatcher closed the channel");
 		return;
 	}
-	if (st != FDPASS_OK || (rx.msg_flags & MSG_TRUNC) || rx.len < WIRE_LEN(0) ||
-	    m.type != MSG_HANDOFF || m.count != rx.nfds || rx.len != WIRE_LEN(m.count)) {
+	/* Every entry's state length is checked before any state is looked at:
+	 * with --tls each has one, of at most TLS_STATE_MAX bytes; without, none. */
+	size_t states = 0;
+	int bad = st != FDPASS_OK || (rx.msg_flags & MSG_TRUNC) || rx.len < WIRE_LEN(0) ||
+		  m->type != MSG_HANDOFF || m->count != rx.nfds || rx.len < WIRE_LEN(m->count);
+	for (size_t i = 0; !bad && i < m->count; i++) {
+		uint32_t sl = m->e[i].state_len;
+		bad = w->cfg->tls ? sl == 0 || sl > TLS_STATE_MAX : sl != 0;
+		states += sl;
+	}
+	if (bad || rx.len != WIRE_LEN(m->count) + states) {
+		OPENSSL_cleanse(&buf, rx.len < sizeof buf ? rx.len : sizeof buf);
 		/* Nothing we can trust in it: close what came (fdpass already did on
 		 * its own rejections) and stop. The dispatcher still holds every
 		 * descriptor we did not acknowledge and gives them to someone else. */
@@ -414,26 +576,44 @@ static void worker_chan(struct worker *w)
 		say(w->n, "bad message on the channel (%s); exiting", fdpass_strerror(st));
 		exit(EXIT_RUNTIME);
 	}
+	const uint8_t *state = buf.b + WIRE_LEN(m->count);
 	for (size_t i = 0; i < rx.nfds; i++) {
 		if (w->cfg->verbose) {
 			say(w->n, "recvmsg -> fd %d (connection #%llu), close-on-exec; watching it with epoll", fds[i],
-			    (unsigned long long)m.e[i].id);
-			ev(w->n, "recv", NULL, "id=%llu", (unsigned long long)m.e[i].id);
+			    (unsigned long long)m->e[i].id);
+			ev(w->n, "recv", NULL, "id=%llu", (unsigned long long)m->e[i].id);
 		}
-		if (m.e[i].flags & ENTRY_CRASH) {
+		if (m->e[i].flags & ENTRY_CRASH) {
 			say(w->n, "--die-before-ack: dying now, holding fd %d that I never acknowledged", fds[i]);
-			ev(w->n, "crash", NULL, "id=%llu", (unsigned long long)m.e[i].id);
+			ev(w->n, "crash", NULL, "id=%llu", (unsigned long long)m->e[i].id);
 			raise(SIGKILL); /* as abrupt as a crash gets: no cleanup at all */
 		}
-		conn_add(w, fds[i]); /* the id is only needed for the ack */
+		/* The id is only needed for the ack. With --tls the session state
+		 * comes in the same message as the descriptor: it cannot arrive
+		 * without it, or with another connection's. */
+		if (!w->cfg->tls) {
+			conn_add(w, fds[i], NULL);
+		} else if (hs_decode(&hs, state, m->e[i].state_len) == 0) {
+			conn_add(w, fds[i], &hs); /* wipes hs */
+		} else {
+			/* Cannot happen with our own dispatcher; fail closed: this
+			 * connection is acknowledged (so it is not sent again) and
+			 * closed, as no one can speak its session. */
+			say(w->n, "connection #%llu: a session state I cannot decode; closing it",
+			    (unsigned long long)m->e[i].id);
+			close(fds[i]);
+		}
+		state += m->e[i].state_len;
 	}
-	m.type = MSG_ACK;
+	/* the secrets are in the sessions now, and nowhere else in this process */
+	OPENSSL_cleanse(buf.b + WIRE_LEN(m->count), states);
+	m->type = MSG_ACK;
 	if (w->cfg->verbose) {
 		say(w->n, "acknowledging %u descriptor(s): until now the dispatcher's copy was what kept "
-			  "the connection safe if I died", m.count);
-		ev(w->n, "ack", "dispatcher", "count=%u", m.count);
+			  "the connection safe if I died", m->count);
+		ev(w->n, "ack", "dispatcher", "count=%u", m->count);
 	}
-	send_msg(w->chan, &m, WIRE_LEN(m.count));
+	send_msg(w->chan, m, WIRE_LEN(m->count));
 }
 
 static void worker_accept(struct worker *w)
@@ -442,7 +622,7 @@ static void worker_accept(struct worker *w)
 		int fd = accept4(w->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0)
 			return; /* EAGAIN: another worker took it (reuseport: never), or none left */
-		conn_add(w, fd);
+		conn_add(w, fd, NULL);
 	}
 }
 
@@ -508,7 +688,7 @@ static _Noreturn void worker_main(struct nar *n, const struct config *cfg, int c
 		ep_add(w.ep, w.lfd, EPOLLIN, tag(T_LISTEN, 0));
 	if (conn >= 0) {
 		w.once = 1;
-		conn_add(&w, conn);
+		conn_add(&w, conn, NULL);
 	}
 	if (chan >= 0) {
 		struct wire ready = { .type = MSG_READY };
@@ -574,7 +754,26 @@ struct pend {
 	int fd;
 	int avoid;      /* re-dispatched: the slot whose worker died holding it */
 	uint32_t flags; /* ENTRY_CRASH */
+	uint32_t state_len; /* --tls: the encoded session state, kept with our */
+	uint8_t *state;     /* copy of the descriptor until the ack, then wiped */
 };
+
+/* Our copy of a connection is done with: the session state goes too. */
+static void pend_drop_state(struct pend *p)
+{
+	if (p->state) {
+		OPENSSL_cleanse(p->state, p->state_len);
+		free(p->state);
+	}
+	p->state = NULL;
+	p->state_len = 0;
+}
+
+static void pend_close(struct pend *p)
+{
+	close(p->fd);
+	pend_drop_state(p);
+}
 
 struct slot {
 	char role[24];  /* "worker-0": names the worker in narration and diagrams */
@@ -593,6 +792,8 @@ struct slot {
 
 struct counters {
 	unsigned long long accepted, handed_off, acked, redispatched, respawned, refused, lost;
+	unsigned long long tls_failed;       /* --tls: handshakes that failed or timed out */
+	unsigned long long tls_unexportable; /* --tls: sessions not exportable exactly: closed */
 };
 
 struct relay { /* proxy: one client connection and its upstream to a worker */
@@ -600,6 +801,14 @@ struct relay { /* proxy: one client connection and its upstream to a worker */
 	int c_eof, u_eof, c_shut, dead;
 	size_t c2u_len, c2u_off, u2c_len, u2c_off;
 	char c2u[RELAY_BUF], u2c[RELAY_BUF];
+};
+
+struct hs { /* --tls: a connection whose handshake the dispatcher is running */
+	SSL *ssl;
+	struct tlsx_capture *cap;
+	struct pend p;
+	long long deadline;
+	uint32_t mask;
 };
 
 struct disp {
@@ -618,6 +827,8 @@ struct disp {
 	int nkids, kids_told;
 	struct relay **rtab; /* proxy: indexed by descriptor */
 	int rtabcap, nrelays;
+	struct hs **htab; /* --tls: handshakes in progress, indexed by descriptor */
+	int htabcap, nhs;
 	/* the demo */
 	pid_t client_pid;
 	int go_fd, done_fd, client_status;
@@ -626,9 +837,9 @@ struct disp {
 static void print_counters(const struct disp *d)
 {
 	out_line("counters: accepted=%llu handed_off=%llu acked=%llu redispatched=%llu respawned=%llu "
-		 "refused=%llu lost=%llu",
+		 "refused=%llu lost=%llu tls_failed=%llu tls_unexportable=%llu",
 		 d->c.accepted, d->c.handed_off, d->c.acked, d->c.redispatched, d->c.respawned,
-		 d->c.refused, d->c.lost);
+		 d->c.refused, d->c.lost, d->c.tls_failed, d->c.tls_unexportable);
 }
 
 static struct pend *q_at(struct disp *d, unsigned i)
@@ -661,7 +872,8 @@ static void refuse(struct disp *d, int fd)
 {
 	char msg[256];
 	size_t len = http_error(msg, sizeof msg, 503);
-	(void)!send(fd, msg, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+	if (!d->cfg->tls) /* before a handshake a TLS client could not read it */
+		(void)!send(fd, msg, len, MSG_NOSIGNAL | MSG_DONTWAIT);
 	close(fd);
 	d->c.refused++;
 }
@@ -679,13 +891,18 @@ static void close_inherited(struct disp *d, int keep_slot)
 		struct slot *sl = &d->slots[s];
 		if (sl->chan >= 0)
 			close(sl->chan);
-		for (unsigned i = 0; i < sl->un_count; i++)
-			close(sl->un[(sl->un_head + i) % (unsigned)d->cfg->inflight_max].fd);
+		for (unsigned i = 0; i < sl->un_count; i++) /* and wipe our copies' secrets */
+			pend_close(&sl->un[(sl->un_head + i) % (unsigned)d->cfg->inflight_max]);
 		if (sl->ulfd >= 0 && s != keep_slot)
 			close(sl->ulfd);
 	}
 	for (unsigned i = 0; i < d->q_count; i++)
-		close(q_at(d, i)->fd);
+		pend_close(q_at(d, i));
+	for (int fd = 0; d->htab && fd < d->htabcap; fd++)
+		if (d->htab[fd]) { /* the child has no business with these sessions */
+			close(fd);
+			tlsx_capture_wipe(d->htab[fd]->cap);
+		}
 	for (int fd = 0; d->rtab && fd < d->rtabcap; fd++)
 		if (d->rtab[fd] && d->rtab[fd]->cfd == fd) {
 			close(d->rtab[fd]->cfd);
@@ -758,8 +975,9 @@ static int chan_read(struct disp *d, int s)
 				struct pend *p = &sl->un[sl->un_head];
 				if (sl->un_count == 0 || p->id != m.e[i].id)
 					return -1;
-				/* Only now is our copy redundant: the worker holds its own. */
-				close(p->fd);
+				/* Only now is our copy redundant: the worker holds its own
+				 * (and the session, with --tls: our copy of the state goes). */
+				pend_close(p);
 				if (d->cfg->verbose) {
 					say(d->n, "%s acknowledged connection #%llu: close(fd %d), my copy; "
 						  "I never watched it, and now I do not hold it either",
@@ -812,7 +1030,8 @@ static int pick(struct disp *d, int avoid)
 /* Hands off what is queued: several at once in one message when they wait. */
 static void dispatch(struct disp *d)
 {
-	static struct wire m;
+	static union wire_buf buf;
+	struct wire *m = &buf.m;
 	int fds[FDPASS_MAX_FDS];
 	unsigned cap = (unsigned)d->cfg->inflight_max;
 	while (d->q_count > 0) {
@@ -832,21 +1051,32 @@ static void dispatch(struct disp *d)
 		unsigned k = 0;
 		while (k < n && k < d->q_count && q_at(d, k)->avoid == avoid) {
 			struct pend *p = q_at(d, k);
-			m.e[k] = (struct wire_entry){ .id = p->id, .flags = p->flags };
+			m->e[k] = (struct wire_entry){ .id = p->id, .flags = p->flags, .state_len = p->state_len };
 			fds[k] = p->fd;
 			k++;
 		}
-		m.type = MSG_HANDOFF;
-		m.count = k;
+		/* --tls: each connection's session state after the entries, in the
+		 * same message as its descriptor. */
+		size_t len = WIRE_LEN(k);
+		for (unsigned i = 0; i < k; i++) {
+			struct pend *p = q_at(d, i);
+			if (p->state_len) {
+				memcpy(buf.b + len, p->state, p->state_len);
+				len += p->state_len;
+			}
+		}
+		m->type = MSG_HANDOFF;
+		m->count = k;
 		if (d->cfg->verbose)
 			for (unsigned i = 0; i < k; i++) {
 				say(d->n, "sendmsg(fd %d, connection #%llu) to %s; I keep my copy until it "
 					  "acknowledges",
-				    fds[i], (unsigned long long)m.e[i].id, sl->role);
+				    fds[i], (unsigned long long)m->e[i].id, sl->role);
 				ev(d->n, "handoff", sl->role, "id=%llu",
-				   (unsigned long long)m.e[i].id);
+				   (unsigned long long)m->e[i].id);
 			}
-		int st = fdpass_send(sl->chan, &m, WIRE_LEN(k), fds, k, NULL);
+		int st = fdpass_send(sl->chan, &buf, len, fds, k, NULL);
+		OPENSSL_cleanse(buf.b + WIRE_LEN(k), len - WIRE_LEN(k));
 		if (st == FDPASS_OK) {
 			for (unsigned i = 0; i < k; i++) {
 				struct pend p = q_pop(d);
@@ -1094,6 +1324,141 @@ static void reap_kid(struct disp *d, pid_t pid)
 		}
 }
 
+/* ---- --tls: the handshake before the handoff ------------------------------------ */
+
+/*
+ * The dispatcher runs each connection's TLS 1.3 handshake itself, without
+ * blocking: the connection is in its epoll set only while the handshake runs
+ * (SSL_accept on a non-blocking socket, resumed on each readiness), and
+ * taken out of it before the handoff - from then on it never watches it
+ * again (stage 04). Each handshake has a deadline (--handshake-timeout), so
+ * a client that connects and says nothing costs a descriptor for a while,
+ * not the dispatcher's attention.
+ */
+static void hs_free(struct disp *d, struct hs *h, int close_fd)
+{
+	int fd = h->p.fd;
+	epoll_ctl(d->ep, EPOLL_CTL_DEL, fd, NULL);
+	d->htab[fd] = NULL;
+	d->nhs--;
+	if (h->cap) {
+		tlsx_capture_wipe(h->cap);
+		free(h->cap);
+	}
+	SSL_free(h->ssl);
+	ERR_clear_error();
+	if (close_fd)
+		pend_close(&h->p);
+	free(h);
+}
+
+/* The handshake is done: export the session (stage 05's after-handshake
+ * handoff) and queue the connection with its state. Fail closed: a session
+ * whose state cannot be exported exactly gets a close_notify and is closed,
+ * never handed off broken. */
+static void hs_finish(struct disp *d, struct hs *h)
+{
+	const char *code, *why = tlsx_cannot_export(h->ssl, h->cap, &code);
+	struct handoff_state *st = why ? NULL : calloc(1, sizeof *st);
+	uint8_t enc[TLS_STATE_MAX];
+	size_t len = 0;
+	if (!why && !st)
+		why = "out of memory";
+	if (!why) {
+		tlsx_export(h->ssl, h->cap, st);
+		if (hs_encode(st, enc, sizeof enc, &len) < 0 || !(h->p.state = malloc(len)))
+			why = "the state does not encode";
+		else
+			memcpy(h->p.state, enc, len);
+		h->p.state_len = (uint32_t)len;
+		OPENSSL_cleanse(enc, sizeof enc);
+		hs_wipe(st);
+	}
+	free(st);
+	if (why) {
+		say(d->n, "not handing off a TLS session I cannot export exactly (%s): closing it", why);
+		SSL_shutdown(h->ssl); /* our close_notify: a clean end (non-blocking, best effort) */
+		d->c.tls_unexportable++;
+		hs_free(d, h, 1);
+		return;
+	}
+	/* Free without a byte on the wire: a close_notify now would use a
+	 * sequence number the worker is about to use. */
+	SSL_set_quiet_shutdown(h->ssl, 1);
+	struct pend p = h->p;
+	h->p.state = NULL; /* it moves to the queue with the descriptor */
+	hs_free(d, h, 0);  /* out of our epoll set before anyone else reads it */
+	p.id = ++d->next_id;
+	q_push_back(d, p);
+}
+
+/* One step of a handshake: when the socket is ready, or right after accept. */
+static void hs_step(struct disp *d, struct hs *h)
+{
+	int r = SSL_accept(h->ssl);
+	if (r == 1) {
+		hs_finish(d, h);
+		return;
+	}
+	int e = SSL_get_error(h->ssl, r);
+	if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+		uint32_t mask = e == SSL_ERROR_WANT_WRITE ? EPOLLOUT : EPOLLIN;
+		if (mask != h->mask && ep_mod(d->ep, h->p.fd, mask, tag(T_HS, (uint32_t)h->p.fd)) == 0)
+			h->mask = mask;
+		return;
+	}
+	d->c.tls_failed++; /* not TLS 1.3, not TLS at all, or the client left */
+	hs_free(d, h, 1);
+}
+
+static void hs_start(struct disp *d, struct pend p)
+{
+	struct hs *h = p.fd < d->htabcap ? calloc(1, sizeof *h) : NULL;
+	int one = 1;
+	if (h) {
+		h->p = p;
+		h->cap = calloc(1, sizeof *h->cap);
+		h->ssl = SSL_new(d->cfg->ctx);
+	}
+	if (!h || !h->cap || !h->ssl || !SSL_set_fd(h->ssl, p.fd) ||
+	    ep_add(d->ep, p.fd, EPOLLIN, tag(T_HS, (uint32_t)p.fd)) < 0) {
+		if (h) {
+			free(h->cap);
+			SSL_free(h->ssl);
+		}
+		free(h);
+		ERR_clear_error();
+		close(p.fd);
+		d->c.tls_failed++;
+		return;
+	}
+	SSL_set_app_data(h->ssl, h->cap);
+	/* The session tickets are two small writes in a row: no Nagle delay. */
+	setsockopt(p.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	h->mask = EPOLLIN;
+	h->deadline = now_ms() + d->cfg->handshake_ms;
+	d->htab[p.fd] = h;
+	d->nhs++;
+	hs_step(d, h); /* the ClientHello may be there already */
+}
+
+/* Handshakes past their deadline are closed and counted. */
+static void hs_sweep(struct disp *d, int all)
+{
+	long long now = now_ms();
+	for (int fd = 0, seen = 0; d->htab && fd < d->htabcap && seen < d->nhs; fd++) {
+		struct hs *h = d->htab[fd];
+		if (!h)
+			continue;
+		if (all || now >= h->deadline) {
+			d->c.tls_failed++;
+			hs_free(d, h, 1);
+		} else {
+			seen++;
+		}
+	}
+}
+
 /* ---- the loop ----------------------------------------------------------------- */
 
 static void on_accept(struct disp *d)
@@ -1124,19 +1489,22 @@ static void on_accept(struct disp *d)
 		}
 		switch (d->cfg->model) {
 		case M_HANDOFF:
-			if (d->q_count >= (unsigned)d->cfg->queue_max) {
+			if (d->q_count + (unsigned)d->nhs >= (unsigned)d->cfg->queue_max) {
 				refuse(d, fd);
 				break;
 			}
+			struct pend p = {
+				.id = d->next_id + 1,
+				.fd = fd,
+				.avoid = -1,
+				.flags = d->c.accepted == (unsigned long long)d->cfg->die_at ? ENTRY_CRASH : 0,
+			};
+			if (d->cfg->tls) { /* queued when its handshake is done */
+				hs_start(d, p);
+				break;
+			}
 			d->next_id++;
-			q_push_back(d, (struct pend){
-					       .id = d->next_id,
-					       .fd = fd,
-					       .avoid = -1,
-					       .flags = d->c.accepted == (unsigned long long)d->cfg->die_at
-								? ENTRY_CRASH
-								: 0,
-				       });
+			q_push_back(d, p);
 			break;
 		case M_FORK:
 			fork_serve(d, fd);
@@ -1205,7 +1573,8 @@ static int stop_step(struct disp *d)
 	stop_accepting(d);
 	/* Proxy: the workers are told at once; their draining closes the
 	 * upstream side of every relay, which then closes its client. */
-	int alive = d->nrelays, pending = d->q_count > 0;
+	/* --tls: handshakes under way finish (or time out) and are handed off */
+	int alive = d->nrelays, pending = d->q_count > 0 || d->nhs > 0;
 	for (int s = 0; s < d->cfg->workers; s++)
 		pending |= d->slots[s].alive && d->slots[s].un_count > 0;
 	if (pending && d->q_count > 0) {
@@ -1214,7 +1583,8 @@ static int stop_step(struct disp *d)
 			can |= d->slots[s].alive && !d->slots[s].draining;
 		if (!can) /* nobody left to give them to */
 			while (d->q_count > 0) {
-				close(q_pop(d).fd);
+				struct pend p = q_pop(d);
+				pend_close(&p);
 				d->c.lost++;
 			}
 	}
@@ -1258,6 +1628,7 @@ static void dispatcher_loop(struct disp *d)
 				for (int fd = 0; d->rtab && fd < d->rtabcap; fd++)
 					if (d->rtab[fd])
 						relay_free(d, d->rtab[fd]);
+				hs_sweep(d, 1);
 				stop_step(d);
 				break;
 			}
@@ -1283,11 +1654,15 @@ static void dispatcher_loop(struct disp *d)
 				}
 				if ((evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && chan_read(d, (int)idx) < 0)
 					worker_died(d, (int)idx, "channel EOF");
+			} else if (kind == T_HS && d->htab && d->htab[idx]) {
+				hs_step(d, d->htab[idx]);
 			} else if (kind == T_CONN && d->rtab && d->rtab[idx]) {
 				relay_pump(d, d->rtab[idx]);
 			}
 		}
 		respawn_due(d);
+		if (d->nhs > 0)
+			hs_sweep(d, 0);
 		if (d->cfg->model == M_HANDOFF)
 			dispatch(d);
 		if (d->accept_paused && d->lfd >= 0 && !d->stopping && now_ms() >= d->pause_until) {
@@ -1343,6 +1718,9 @@ static void disp_free(struct disp *d)
 	free(d->q);
 	free(d->kids);
 	free(d->rtab);
+	if (d->htab && d->nhs > 0)
+		hs_sweep(d, 1);
+	free(d->htab);
 	if (d->reserve_fd >= 0)
 		close(d->reserve_fd);
 	close(d->sfd);
@@ -1369,7 +1747,12 @@ static void disp_init(struct disp *d, struct nar *n, const struct config *cfg, i
 		d->rtabcap = (int)(rl.rlim_cur < 1u << 20 ? rl.rlim_cur : 1u << 20);
 		d->rtab = calloc((size_t)d->rtabcap, sizeof *d->rtab);
 	}
-	if (!d->q || (cfg->model == M_FORK && !d->kids) || (cfg->model == M_PROXY && !d->rtab))
+	if (cfg->tls) {
+		d->htabcap = (int)(rl.rlim_cur < 1u << 20 ? rl.rlim_cur : 1u << 20);
+		d->htab = calloc((size_t)d->htabcap, sizeof *d->htab);
+	}
+	if (!d->q || (cfg->model == M_FORK && !d->kids) || (cfg->model == M_PROXY && !d->rtab) ||
+	    (cfg->tls && !d->htab))
 		die("calloc");
 
 	if (cfg->model == M_REUSEPORT) {
@@ -1562,7 +1945,7 @@ static int demo(struct nar *n, struct config *cfg)
 int main(int argc, char **argv)
 {
 	enum { OPT_WORKERS = OPT_STAGE, OPT_MODEL, OPT_DIE, OPT_HEADER, OPT_INFLIGHT, OPT_QUEUE,
-	       OPT_RESPAWN_FAILS };
+	       OPT_RESPAWN_FAILS, OPT_TLS, OPT_HANDSHAKE, OPT_READAHEAD };
 	static const struct option longopts[] = {
 		COMMON_LONGOPTS,
 		{ "workers", required_argument, NULL, OPT_WORKERS },
@@ -1572,6 +1955,9 @@ int main(int argc, char **argv)
 		{ "inflight-max", required_argument, NULL, OPT_INFLIGHT },
 		{ "queue-max", required_argument, NULL, OPT_QUEUE },
 		{ "respawn-fails", no_argument, NULL, OPT_RESPAWN_FAILS },
+		{ "tls", no_argument, NULL, OPT_TLS },
+		{ "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE },
+		{ "read-ahead", no_argument, NULL, OPT_READAHEAD },
 		{ 0 },
 	};
 	struct common_opts o = { 0 };
@@ -1582,6 +1968,7 @@ int main(int argc, char **argv)
 		.header_ms = 10000,
 		.inflight_max = 1024,
 		.queue_max = 4096,
+		.handshake_ms = 3000,
 	};
 	int model_given = 0, c;
 	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -1595,6 +1982,9 @@ int main(int argc, char **argv)
 		case OPT_INFLIGHT: cfg.inflight_max = (int)parse_long("--inflight-max", optarg, 1, 65536); break;
 		case OPT_QUEUE: cfg.queue_max = (int)parse_long("--queue-max", optarg, 1, 1000000); break;
 		case OPT_RESPAWN_FAILS: cfg.respawn_fails = 1; break;
+		case OPT_TLS: cfg.tls = 1; break;
+		case OPT_READAHEAD: cfg.read_ahead = 1; break;
+		case OPT_HANDSHAKE: cfg.handshake_ms = (int)parse_long("--handshake-timeout", optarg, 10, 600000); break;
 		}
 	}
 	common_done(&o, argc, argv, usage);
@@ -1608,6 +1998,10 @@ int main(int argc, char **argv)
 		usage_error("--respawn-fails needs workers: not with fork-per-conn");
 	if (!o.serve && cfg.die_at > 2)
 		usage_error("the demo makes two connections: --die-before-ack 1 or 2");
+	if (cfg.tls && (!o.serve || cfg.model != M_HANDOFF))
+		usage_error("--tls goes with --serve and the handoff model");
+	if (cfg.read_ahead && !cfg.tls)
+		usage_error("--read-ahead goes with --tls");
 	signal(SIGPIPE, SIG_IGN); /* belt and braces: every send already says MSG_NOSIGNAL */
 
 	/* A thousand connections need a thousand descriptors, in the dispatcher
@@ -1618,6 +2012,21 @@ int main(int argc, char **argv)
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
 
+	/* --tls: a P-256 key and a self-signed certificate made in memory, and
+	 * stage 05's server context (TLS 1.3 only, read-ahead off, the keylog and
+	 * message callbacks that capture what the handoff needs). */
+	EVP_PKEY *pkey = NULL;
+	X509 *cert = NULL;
+	if (cfg.tls) {
+		const struct tlsx_ctx_opts co = { .tickets = 2, .read_ahead = cfg.read_ahead };
+		const char *failed = "tlsx_make_identity";
+		if (tlsx_make_identity(&pkey, &cert) < 0 || !(cfg.ctx = tlsx_server_ctx(&co, pkey, cert, &failed)))
+		{
+			const char *why = ERR_reason_error_string(ERR_get_error());
+			die("%s (OpenSSL: %s)", failed, why ? why : "no reason given");
+		}
+	}
+
 	struct nar n;
 	if (nar_open(&n, "dispatcher", o.trace, o.mermaid) < 0)
 		die("open trace file");
@@ -1625,5 +2034,8 @@ int main(int argc, char **argv)
 	if (o.mermaid)
 		nar_mermaid(&n, stdout);
 	nar_close(&n);
+	SSL_CTX_free(cfg.ctx);
+	X509_free(cert);
+	EVP_PKEY_free(pkey);
 	return rc;
 }

@@ -45,6 +45,7 @@ MODELS = ["handoff", "fork-per-conn", "reuseport", "proxy"]
 SSL05 = ROOT / "05-ssl" / "ssl_handoff"
 TLS_SUITE = "TLS_AES_128_GCM_SHA256"
 TLS_MODES = ["before-handshake", "after-handshake"]
+HTTPS = "handoff --tls"  # stage 06 over HTTPS: handshake in the dispatcher, session handed off
 NCPU = os.cpu_count() or 1
 commands = []  # every command line run, for RESULTS.md
 
@@ -100,8 +101,8 @@ def python_rate(count=100000):
     return count / dt
 
 
-def start_server(model):
-    cmd = [SERVER, "--serve", "--port", "0", "--model", model, "--workers", str(NCPU)]
+def start_server(model, extra=()):
+    cmd = [SERVER, "--serve", "--port", "0", "--model", model, "--workers", str(NCPU), *extra]
     commands.append(" ".join(map(rel, cmd)))
     p = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = p.stdout.readline().strip()
@@ -125,11 +126,11 @@ def to_ms(v, unit):
     return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk(port, close):
+def wrk(port, close, scheme="http"):
     cmd = ["wrk", "-t2", f"-c{CONNS}", f"-d{SECONDS}s", "--latency"]
     if close:
         cmd += ["-H", "Connection: close"]
-    out = sh(cmd + [f"http://127.0.0.1:{port}/"], timeout=SECONDS + 60)
+    out = sh(cmd + [f"{scheme}://127.0.0.1:{port}/"], timeout=SECONDS + 60)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     lat = dict(
         (p, to_ms(v, u)) for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -273,13 +274,14 @@ def main():
     fd = {k: med(v) for k, v in fd_runs.items()}
 
     # ---- 2. the four models under wrk ---------------------------------------------
-    mruns = {(m, c): [] for m in MODELS for c in (True, False)}
+    mruns = {(m, c): [] for m in MODELS + [HTTPS] for c in (True, False)}
     for r in range(RUNS):
-        for m in MODELS:  # interleaved, so a slow moment does not hit one model only
-            p, port = start_server(m)
+        for m in MODELS + [HTTPS]:  # interleaved, so a slow moment does not hit one model only
+            p, port = start_server("handoff", ["--tls"]) if m == HTTPS else start_server(m)
+            scheme = "https" if m == HTTPS else "http"
             try:
-                mruns[(m, True)].append(wrk(port, True))
-                mruns[(m, False)].append(wrk(port, False))
+                mruns[(m, True)].append(wrk(port, True, scheme))
+                mruns[(m, False)].append(wrk(port, False, scheme))
             finally:
                 stop_server(p)
         print(f"bench: server models, run {r + 1}/{RUNS} done", flush=True)
@@ -326,7 +328,7 @@ def main():
         vals = [x[key] for x in mruns[(m, close)] if x[key] is not None]
         return med(vals) if vals else float("nan")
 
-    errors = {m: sum(x["errors"] for c in (True, False) for x in mruns[(m, c)]) for m in MODELS}
+    errors = {m: sum(x["errors"] for c in (True, False) for x in mruns[(m, c)]) for m in MODELS + [HTTPS]}
 
     # ---- RESULTS.md ------------------------------------------------------------------------
     cpu, mem, wrk_v = machine()
@@ -366,6 +368,18 @@ def main():
             f"| {m} | {c:,.0f} | {c / fk:.2f}× | {c / ru:.2f}× | {mmed(m, True, 'p50'):.2f} / {mmed(m, True, 'p99'):.2f} "
             f"| {ka:,.0f} | {ka / ru_ka:.2f}× | {mmed(m, False, 'p50'):.2f} / {mmed(m, False, 'p99'):.2f} | {errors[m]} |"
         )
+    L.append("")
+
+    L.append(f"### HTTPS: `handoff --tls` (stage 05's after-handshake handoff inside stage 06), {NCPU} workers\n")
+    L.append("The dispatcher runs every TLS 1.3 handshake (non-blocking, in its epoll loop), then hands the "
+             "descriptor and the session state to a worker, which runs stage 05's record layer. "
+             "wrk over HTTPS (OpenSSL's default suite); the ratio is to plain `handoff` in this run.\n")
+    L.append("| | new conn/s | × handoff (HTTP) | p50 / p99 ms | keep-alive req/s | × handoff (HTTP) | p50 / p99 ms | errors |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+    hc, hka = mmed("handoff", True, "rps"), mmed("handoff", False, "rps")
+    tc, tka = mmed(HTTPS, True, "rps"), mmed(HTTPS, False, "rps")
+    L.append(f"| {HTTPS} | {tc:,.0f} | {tc / hc:.2f}× | {mmed(HTTPS, True, 'p50'):.2f} / {mmed(HTTPS, True, 'p99'):.2f} "
+             f"| {tka:,.0f} | {tka / hka:.2f}× | {mmed(HTTPS, False, 'p50'):.2f} / {mmed(HTTPS, False, 'p99'):.2f} | {errors[HTTPS]} |")
     L.append("")
 
     L.append(f"## 3. TLS handoff (stage 05's server, {NCPU} workers, {TLS_SUITE})\n")

@@ -13,8 +13,10 @@ server keeps up with a Python client.
 
 import os
 import re
+import select
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -29,6 +31,7 @@ MODELS = ["handoff", "fork-per-conn", "reuseport", "proxy"]
 CURL = "/usr/bin/curl"
 BODY = re.compile(rb"served by worker (\d+)")
 RUN_LOAD = 120.0  # bound for a whole load phase (client threads joined within it)
+ABSENT = 1.0  # for showing that something does NOT happen (ABSENT_MS in common/util.h)
 
 
 def events(trace, role=None, event=None):
@@ -521,3 +524,344 @@ def test_dispatcher_descriptors_do_not_grow(serve):
     fds_10000 = sorted(os.listdir(f"/proc/{s.pid}/fd"), key=int)
     assert fds_10000 == fds_100
     assert c["accepted"] == 10000 and c["lost"] == 0 and c["refused"] == 0
+
+
+# ---- --tls: HTTPS through stage 05's after-handshake handoff ---------------------
+
+
+def tls_context(keylog=None, max_version=None):
+    """A client context that trusts anything (the server's certificate is
+    made in memory at start; curl -k does the same)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if max_version:
+        ctx.maximum_version = max_version
+    else:
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    if keylog:
+        ctx.keylog_filename = str(keylog)
+    return ctx
+
+
+def tls_connect(port, ctx, timeout=WAIT):
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        return ctx.wrap_socket(raw, server_hostname="localhost")
+    except BaseException:
+        raw.close()
+        raise
+
+
+def tls_response(c, buf):
+    """Reads one response from a TLS socket; buf (a bytearray) keeps what
+    came after it. Returns (status, body, head)."""
+    while True:
+        end = buf.find(b"\r\n\r\n")
+        if end >= 0:
+            head = buf[:end].decode()
+            length = int(re.search(r"(?i)\r\ncontent-length: *(\d+)", head).group(1))
+            if len(buf) >= end + 4 + length:
+                body = bytes(buf[end + 4 : end + 4 + length])
+                del buf[: end + 4 + length]
+                return int(head.split()[1]), body, head
+        chunk = c.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"EOF inside a response: {bytes(buf)!r}")
+        buf += chunk
+
+
+def tls_get(port, ctx=None, path="/"):
+    with tls_connect(port, ctx or tls_context()) as c:
+        c.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+        got = tls_response(c, bytearray())
+        # the server ends with close_notify: a clean EOF (without it, Python's
+        # ssl raises SSLEOFError here)
+        assert c.recv(1) == b""
+        return got
+
+
+def test_tls_curl_keep_alive_and_close(serve):
+    s = serve(PROG, "--workers", "2", "--tls")
+    url = f"https://127.0.0.1:{s.port}"
+    # two URLs in one curl: the second reuses the TLS connection
+    out = subprocess.run(
+        [CURL, "-sSkv", "--tlsv1.3", "--max-time", str(WAIT), "-w",
+         " connects=%{num_connects} code=%{http_code}\n", f"{url}/one", f"{url}/two"],
+        capture_output=True, timeout=WAIT * 2,
+    )
+    assert out.returncode == 0, out.stderr
+    assert b"SSL connection using TLSv1.3" in out.stderr
+    lines = out.stdout.decode().splitlines()
+    assert len(lines) == 2
+    pids = [int(re.match(r"served by worker (\d+) ", l).group(1)) for l in lines]
+    assert lines[0].endswith("connects=1 code=200") and lines[1].endswith("connects=0 code=200")
+    assert pids[0] == pids[1] != s.pid and pids[0] in children(s.pid)
+    # Connection: close
+    out = subprocess.run(
+        [CURL, "-sSki", "--max-time", str(WAIT), "-H", "Connection: close", f"{url}/bye"],
+        capture_output=True, timeout=WAIT * 2,
+    )
+    assert out.returncode == 0, out.stderr
+    assert b"HTTP/1.1 200" in out.stdout and b"Connection: close" in out.stdout
+    assert BODY.search(out.stdout)
+    c = counters_until(s, lambda c: c["acked"] == 2)
+    assert c["accepted"] == 2 and c["tls_failed"] == 0 and c["tls_unexportable"] == 0
+
+
+def test_tls_python_client_no_secret_in_output(serve, tmp_path):
+    s = serve(PROG, "--workers", "2", "--tls")
+    keylog = tmp_path / "keylog"
+    ctx = tls_context(keylog)
+    with tls_connect(s.port, ctx) as c:
+        assert c.version() == "TLSv1.3"
+        buf = bytearray()
+        # keep-alive, and pipelined: three requests in one write
+        c.sendall(b"GET /1 HTTP/1.1\r\n\r\n")
+        status, body, head = tls_response(c, buf)
+        assert status == 200 and "Connection: keep-alive" in head
+        pid = int(BODY.fullmatch(body).group(1))
+        assert pid in children(s.pid)
+        c.sendall(b"GET /2 HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\nGET /4 HTTP/1.1\r\n\r\n")
+        for _ in range(3):
+            status, body, _ = tls_response(c, buf)
+            assert status == 200 and int(BODY.fullmatch(body).group(1)) == pid
+        # a request cut over two TLS records
+        c.sendall(b"GET /5 HTTP/1.1\r\nHo")
+        c.sendall(b"st: t\r\n\r\n")
+        assert tls_response(c, buf)[0] == 200
+        # our close_notify is answered with the server's (unwrap waits for it)
+        raw = c.unwrap()
+        raw.close()
+    # Connection: close ends with the server's close_notify
+    status, body, head = tls_get(s.port, ctx)
+    assert status == 200 and "Connection: close" in head
+    secrets = [line.split()[-1] for line in keylog.read_text().splitlines() if line.strip()]
+    assert len(secrets) >= 2 * 5  # handshake and traffic secrets of both connections
+    out = "\n".join(s.lines + s.err_lines).lower()
+    assert not any(sec.lower() in out for sec in secrets)
+
+
+def test_tls_die_before_ack_redispatches_with_the_state(serve):
+    s = serve(PROG, "--workers", "2", "--tls", "--die-before-ack", "1")
+    before = set(children(s.pid))
+    status, body, _ = tls_get(s.port)
+    assert status == 200
+    server_pid = int(BODY.fullmatch(body).group(1))
+    c = counters_until(s, lambda c: c["acked"] == 1)
+    assert c["respawned"] == 1 and c["accepted"] == 1 and c["redispatched"] == 1 and c["lost"] == 0
+    assert c["handed_off"] == 2  # the same descriptor and state, twice
+    after = set(children(s.pid))
+    (dead,) = before - after
+    assert server_pid in before and server_pid != dead
+
+
+def test_tls_burst_with_a_crash_every_state_travels(serve):
+    # As the plain batch test, 40 connections accepted at once; their
+    # handshakes finish in the dispatcher's epoll loop in whatever order the
+    # clients go, so how many share a message (with their states) varies.
+    # The worker given the 5th dies before acknowledging: every connection
+    # of its message is re-dispatched, states and all, and answered.
+    s = serve(PROG, "--workers", "2", "--tls", "--die-before-ack", "5")
+    ctx = tls_context()
+    raws, results, threads = [], [None] * 40, []
+    os.kill(s.pid, signal.SIGSTOP)
+    try:
+        for _ in range(40):
+            raws.append(socket.create_connection(("127.0.0.1", s.port), timeout=WAIT * 3))
+
+        def client(i):
+            try:
+                with ctx.wrap_socket(raws[i], server_hostname="localhost") as c:
+                    c.sendall(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+                    results[i] = tls_response(c, bytearray())
+            except Exception as e:  # noqa: BLE001 - reported below
+                results[i] = e
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(40)]
+        for t in threads:
+            t.start()
+    finally:
+        os.kill(s.pid, signal.SIGCONT)
+        for t in threads:
+            t.join(RUN_LOAD)
+        for r in raws:
+            r.close()
+    assert not any(t.is_alive() for t in threads)
+    assert [r[0] if isinstance(r, tuple) else r for r in results] == [200] * 40
+    c = counters_until(s, lambda c: c["acked"] == 40)
+    assert c["redispatched"] >= 1 and c["respawned"] == 1 and c["lost"] == 0
+    assert c["handed_off"] == 40 + c["redispatched"] and c["accepted"] == 40
+    assert c["tls_failed"] == 0
+
+
+def test_tls_silent_client_does_not_stall_the_dispatcher(serve):
+    """The handshake runs in the dispatcher's epoll loop: a client that
+    connects and says nothing holds a descriptor, not the dispatcher. With a
+    handshake bound of 10 minutes, another client is still served at once;
+    with a short bound the silent one is closed and counted."""
+    s = serve(PROG, "--workers", "1", "--tls", "--handshake-timeout", "600000")
+    with socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) as silent:
+        counters_until(s, lambda c: c["accepted"] == 1)
+        assert tls_get(s.port)[0] == 200
+        # the ack may still be in the channel when the answer is already out
+        c = counters_until(s, lambda c: c["acked"] == 1)
+        assert c["tls_failed"] == 0 and c["accepted"] == 2
+        silent.sendall(b"\x16\x03\x01")  # a ClientHello that never ends
+        assert tls_get(s.port)[0] == 200
+    s2 = serve(PROG, "--workers", "1", "--tls", "--handshake-timeout", "300")
+    with socket.create_connection(("127.0.0.1", s2.port), timeout=WAIT) as silent:
+        assert until_eof(silent) == b""  # closed at the bound
+    c = counters_until(s2, lambda c: c["tls_failed"] == 1)
+    assert c["handed_off"] == 0
+
+
+def test_tls_failed_handshakes_are_counted_and_closed(serve):
+    s = serve(PROG, "--workers", "1", "--tls")
+    # TLS 1.2: the server speaks 1.3 only (its state export needs it)
+    with pytest.raises(ssl.SSLError):
+        tls_get(s.port, tls_context(max_version=ssl.TLSVersion.TLSv1_2))
+    # plain HTTP to the HTTPS port
+    with socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) as c:
+        c.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        try:
+            got = until_eof(c)  # at most OpenSSL's alert
+        except ConnectionResetError:  # closed with our request unread
+            got = b""
+        assert b"HTTP/" not in got
+    c = counters_until(s, lambda c: c["tls_failed"] == 2)
+    assert c["handed_off"] == 0 and c["accepted"] == 2
+    # and the server goes on serving
+    assert tls_get(s.port)[0] == 200
+
+
+@pytest.mark.parametrize("args", [["--tls"], ["--serve", "--model", "proxy", "--tls"], ["--serve", "--read-ahead"]])
+def test_tls_bad_arguments_exit_2(args):
+    r = run(PROG, *args, expect=2)
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def read_until(stream, needle, timeout=WAIT):
+    """Reads a pipe (bounded) until needle has come; returns all read."""
+    out = b""
+    deadline = time.monotonic() + timeout
+    while needle not in out:
+        left = deadline - time.monotonic()
+        assert left > 0, f"never got {needle!r}: {out[-300:]!r}"
+        r, _, _ = select.select([stream], [], [], left)
+        if r:
+            chunk = os.read(stream.fileno(), 65536)
+            assert chunk, f"EOF before {needle!r}: {out[-300:]!r}"
+            out += chunk
+    return out
+
+
+def test_tls_key_update_from_the_client(serve):
+    """openssl s_client's "K" command sends a KeyUpdate (update_requested):
+    the worker's record layer moves its read key on (and answers with its own
+    KeyUpdate before its next record); the next request is still answered."""
+    s = serve(PROG, "--workers", "1", "--tls")
+    p = subprocess.Popen(["openssl", "s_client", "-tls1_3", "-crlf", "-connect", f"127.0.0.1:{s.port}"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        p.stdin.write(b"GET /1 HTTP/1.1\n\n")
+        p.stdin.flush()
+        first = read_until(p.stdout, b"served by worker")
+        assert b"HTTP/1.1 200 OK" in first
+        p.stdin.write(b"K\n")
+        p.stdin.flush()
+        read_until(p.stderr, b"KEYUPDATE")  # s_client has taken the command: a separate read
+        p.stdin.write(b"GET /2 HTTP/1.1\n\n")
+        p.stdin.flush()
+        second = read_until(p.stdout, b"served by worker")
+        assert second.count(b"HTTP/1.1 200 OK") == 1 and b"400" not in second
+    finally:
+        p.stdin.close()
+        p.wait(WAIT)
+        p.stdout.close()
+        p.stderr.close()
+
+
+def test_tls_partial_records_are_buffered(serve):
+    """The worker's epoll loop is non-blocking: a record that arrives in
+    pieces waits in its session buffer until it is whole (raw bytes split
+    with an in-memory TLS client, ssl.MemoryBIO)."""
+    s = serve(PROG, "--workers", "1", "--tls")
+    ctx = tls_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) as raw:
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                chunk = raw.recv(65536)
+                assert chunk
+                incoming.write(chunk)
+        raw.sendall(outgoing.read())  # the client's Finished
+        obj.write(b"GET /a HTTP/1.1\r\n\r\n")
+        obj.write(b"GET /b HTTP/1.1\r\nConnection: close\r\n\r\n")
+        records = outgoing.read()
+        first_len = 5 + int.from_bytes(records[3:5], "big")
+        # header and 3 bytes of the first record: nothing can be answered yet
+        raw.sendall(records[:8])
+        # what comes within a second is the session tickets, no answer
+        if select.select([raw], [], [], ABSENT)[0]:
+            incoming.write(raw.recv(65536))
+        with pytest.raises(ssl.SSLWantReadError):
+            obj.read(65536)
+        # the rest of the first record and part of the second
+        raw.sendall(records[8 : first_len + 4])
+        raw.sendall(records[first_len + 4 :])
+        got = b""
+        while True:
+            chunk = raw.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        incoming.write(got)
+        plain = b""
+        while True:
+            # b"": the server's close_notify (without one, SSLWantReadError:
+            # the in-memory input has nothing more)
+            data = obj.read(65536)
+            if not data:
+                break
+            plain += data
+        assert plain.count(b"HTTP/1.1 200 OK") == 2 and plain.count(b"served by worker") == 2
+
+
+def test_tls_unexportable_session_is_closed_not_handed_off(serve):
+    """Fail closed. --read-ahead lets OpenSSL read more than a record: a
+    request sent in the same write as the client's Finished lands in its
+    buffer, raw - bytes no exported state can carry. The dispatcher must not
+    hand that session off: it sends close_notify, closes, counts it."""
+    s = serve(PROG, "--workers", "1", "--tls", "--read-ahead")
+    ctx = tls_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) as raw:
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                chunk = raw.recv(65536)
+                assert chunk
+                incoming.write(chunk)
+        obj.write(b"GET / HTTP/1.1\r\n\r\n")
+        raw.sendall(outgoing.read())  # Finished and the request in one segment
+        got = b""
+        while True:
+            chunk = raw.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        incoming.write(got)
+        assert obj.read(65536) == b""  # tickets, then close_notify: no answer
+    c = counters_until(s, lambda c: c["tls_unexportable"] == 1)
+    assert c["handed_off"] == 0 and c["tls_failed"] == 0
+    s.wait_line(r"not handing off a TLS session I cannot export exactly \(OpenSSL holds raw bytes")

@@ -591,6 +591,7 @@ class SClient:
         )
         self.q, self.errq = queue.Queue(), queue.Queue()
         self.err = []
+        self.seen = []  # every stdout line reply() went past (session details included)
         self.t = [threading.Thread(target=self._drain, args=(self.proc.stdout, self.q.put), daemon=True),
                   threading.Thread(target=self._drain, args=(self.proc.stderr, self.errq.put), daemon=True)]
         for t in self.t:
@@ -622,6 +623,7 @@ class SClient:
         while True:
             line = self.q.get(timeout=WAIT)
             assert line is not None, f"s_client ended; stderr: {self.err}"
+            self.seen.append(line)
             if m := REPLY.match(line):
                 return m.group(1), int(m.group(2)), m.group(3)
 
@@ -659,10 +661,11 @@ def s_client():
         c.kill()
 
 
+@pytest.mark.parametrize("suite", SUITES)
 @pytest.mark.parametrize("mode", ["before-handshake", "after-handshake"])
-def test_s_client_each_mode(serve, s_client, mode):
-    s = serve(PROG, "--mode", mode)
-    c = s_client(s.port)
+def test_s_client_each_mode(serve, s_client, mode, suite):
+    s = serve(PROG, "--mode", mode, "--ciphersuites", suite)
+    c = s_client(s.port, "-ciphersuites", suite)
     c.send("hello from s_client")
     first = c.reply()
     c.send("again")
@@ -671,6 +674,7 @@ def test_s_client_each_mode(serve, s_client, mode):
     assert first[2] == "HELLO FROM S_CLIENT" and second[2] == "AGAIN"
     assert first[0] == ("parent" if mode == "after-handshake" else "worker")
     assert second[0] == "worker"
+    assert any(f"Cipher is {suite}" in l for l in c.seen), c.seen
 
 
 @pytest.mark.parametrize("letter,requested", [("K", 1), ("k", 0)])

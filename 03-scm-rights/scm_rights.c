@@ -756,8 +756,8 @@ static int cmd_recv(const char *path, long count, long max_fds)
 	int sfd = signal_fd(0);
 	if (sfd < 0)
 		die("signalfd");
+	int spare = spare_fd(); /* before we say we listen: a peer may come at once */
 	fprintf(stderr, "scm_rights: listening on %s\n", path);
-	int spare = spare_fd();
 	long total = 0;
 	int stop = 0;
 	while (!stop && (count == 0 || total < count)) {

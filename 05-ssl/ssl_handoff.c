@@ -335,7 +335,9 @@ struct tls13 {
 	const struct opts *o;
 	int conn;
 	struct tlsx_sess sess; /* both directions' keys and sequence numbers (tls_export.h) */
-	uint8_t rec[REC_HEADER + REC_MAX_CIPHER];
+	uint8_t rec[REC_HEADER + REC_MAX_CIPHER]; /* a record read, opened in place */
+	uint8_t out[REC_HEADER + REC_MAX_CIPHER]; /* a record sealed: never rec, whose
+						     plaintext may still be in use */
 	struct lines l;
 };
 
@@ -343,17 +345,17 @@ struct tls13 {
 static int send_record(struct tls13 *t, uint8_t type, const void *data, size_t len)
 {
 	size_t out_len;
-	if (rec_seal(&t->sess.wr, type, data, len, 0, t->rec, sizeof t->rec, &out_len) < 0)
+	if (rec_seal(&t->sess.wr, type, data, len, 0, t->out, sizeof t->out, &out_len) < 0)
 		return -1;
-	return write_all(t->conn, t->rec, out_len);
+	return write_all(t->conn, t->out, out_len);
 }
 
 static int send_alert(struct tls13 *t, int alert)
 {
 	size_t out_len;
-	if (tlsx_seal_alert(&t->sess, alert, t->rec, sizeof t->rec, &out_len) < 0)
+	if (tlsx_seal_alert(&t->sess, alert, t->out, sizeof t->out, &out_len) < 0)
 		return -1;
-	return write_all(t->conn, t->rec, out_len);
+	return write_all(t->conn, t->out, out_len);
 }
 
 /* Our own KeyUpdate (update_not_requested), then the new write key. */
@@ -361,9 +363,9 @@ static int send_key_update(struct tls13 *t, const char *why)
 {
 	size_t out_len;
 	ev(t->n, "key_update", "client", "why=%s", why);
-	if (tlsx_seal_key_update(&t->sess, t->rec, sizeof t->rec, &out_len) < 0)
+	if (tlsx_seal_key_update(&t->sess, t->out, sizeof t->out, &out_len) < 0)
 		return -1;
-	return write_all(t->conn, t->rec, out_len);
+	return write_all(t->conn, t->out, out_len);
 }
 
 /* Application data out, in records of at most 2^14 bytes, with a KeyUpdate

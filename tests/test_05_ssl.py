@@ -189,22 +189,21 @@ def test_python_after_handshake_each_suite_no_secret_leaks(serve, tmp_path, suit
 
 
 def test_pipelined_lines_across_records_after_handoff(serve):
-    """Many long lines in one burst: TLS records (2^14 bytes) end in the middle
-    of lines, so a record arrives while part of a line is buffered. Every line
-    comes back whole, in order (this once ended in an internal_error alert)."""
+    """Three 10,000-byte lines in one write: OpenSSL cuts them into records of
+    2^14 bytes, so the second record (13,619 bytes) arrives while 6,383 bytes
+    of a line are buffered - more than a record's worth in all. Every line
+    comes back whole, in order (this once ended in an internal_error alert).
+    One thread only: an SSL object must not be read and written at once."""
     s = serve(PROG, "--mode", "after-handshake")
-    lines = [(b"%04d " % i) + b"x" * 7000 for i in range(60)]
     with connect(s.port, client_ctx()) as tls:
         c = Lines(tls)
         assert c.ask("first")[0] == "parent"
-        sender = threading.Thread(target=tls.sendall, args=(b"".join(l + b"\n" for l in lines),))
-        sender.start()  # a thread: the replies must be read while we still send
-        try:
+        for burst in range(5):
+            lines = [(b"%d.%d " % (burst, i)) + b"x" * (9999 - len(b"%d.%d " % (burst, i))) for i in range(3)]
+            tls.sendall(b"".join(l + b"\n" for l in lines))  # the replies (30 kB) fit in our socket buffer
             for want in lines:
                 m = REPLY.match(c.readline())
                 assert m and m.group(1) == "worker" and m.group(3) == want.decode().upper()
-        finally:
-            sender.join(WAIT)
         tls.unwrap().close()
 
 

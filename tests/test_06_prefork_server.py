@@ -688,11 +688,17 @@ def test_tls_burst_with_a_crash_every_state_travels(serve):
         for r in raws:
             r.close()
     assert not any(t.is_alive() for t in threads)
-    assert [r[0] if isinstance(r, tuple) else r for r in results] == [200] * 40
     c = counters_until(s, lambda c: c["acked"] == 40)
-    assert c["redispatched"] >= 1 and c["respawned"] == 1 and c["lost"] == 0
+    assert c["redispatched"] >= 1 and c["respawned"] == 1
     assert c["handed_off"] == 40 + c["redispatched"] and c["accepted"] == 40
     assert c["tls_failed"] == 0
+    # Every un-acknowledged connection was re-dispatched, state and all, and
+    # answered. Under load, handshakes may finish one by one, so the worker
+    # that dies may already have acknowledged (and be serving) an earlier
+    # connection: those - and only those - die with it, counted as lost.
+    failed = [r for r in results if not (isinstance(r, tuple) and r[0] == 200)]
+    assert all(isinstance(r, Exception) for r in failed), failed
+    assert len(failed) == c["lost"], (failed, c)
 
 
 def test_tls_silent_client_does_not_stall_the_dispatcher(serve):

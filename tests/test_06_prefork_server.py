@@ -553,6 +553,23 @@ def tls_connect(port, ctx, timeout=WAIT):
         raise
 
 
+def bio_handshake(ctx, raw):
+    """A TLS client in memory (ssl.MemoryBIO) over the plain socket `raw`: the
+    test decides which bytes go out when. Returns (tls, incoming, outgoing)
+    once the handshake is done; the client's Finished is still in `outgoing`."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    while True:
+        try:
+            obj.do_handshake()
+            return obj, incoming, outgoing
+        except ssl.SSLWantReadError:
+            raw.sendall(outgoing.read())
+            chunk = raw.recv(65536)
+            assert chunk, "the server closed during the handshake"
+            incoming.write(chunk)
+
+
 def tls_response(c, buf):
     """Reads one response from a TLS socket; buf (a bytearray) keeps what
     came after it. Returns (status, body, head)."""
@@ -794,18 +811,8 @@ def test_tls_partial_records_are_buffered(serve):
     with an in-memory TLS client, ssl.MemoryBIO)."""
     s = serve(PROG, "--workers", "1", "--tls")
     ctx = tls_context()
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
     with socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) as raw:
-        while True:
-            try:
-                obj.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                raw.sendall(outgoing.read())
-                chunk = raw.recv(65536)
-                assert chunk
-                incoming.write(chunk)
+        obj, incoming, outgoing = bio_handshake(ctx, raw)
         raw.sendall(outgoing.read())  # the client's Finished
         obj.write(b"GET /a HTTP/1.1\r\n\r\n")
         obj.write(b"GET /b HTTP/1.1\r\nConnection: close\r\n\r\n")
@@ -846,18 +853,8 @@ def test_tls_unexportable_session_is_closed_not_handed_off(serve):
     hand that session off: it sends close_notify, closes, counts it."""
     s = serve(PROG, "--workers", "1", "--tls", "--read-ahead")
     ctx = tls_context()
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
     with socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) as raw:
-        while True:
-            try:
-                obj.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                raw.sendall(outgoing.read())
-                chunk = raw.recv(65536)
-                assert chunk
-                incoming.write(chunk)
+        obj, incoming, outgoing = bio_handshake(ctx, raw)
         obj.write(b"GET / HTTP/1.1\r\n\r\n")
         raw.sendall(outgoing.read())  # Finished and the request in one segment
         got = b""

@@ -7,6 +7,7 @@
 #   make trace-NN   run stage NN's demo under strace, showing only its syscalls
 #   make fuzz       libFuzzer on stage 05's parsers, FUZZ_SECONDS each (default 60)
 #   make bench      the benchmarks; writes bench/RESULTS.md
+#   make lesson-NN  print stage NN's lesson excerpts (file:line)
 #   make clean
 #
 # Missing tools come from Debian's packages: common/need.sh installs them
@@ -41,6 +42,8 @@ endef
 
 # Each stage says what it builds.
 include $(sort $(wildcard */stage.mk))
+# Further rules a stage keeps apart from its build (05-ssl/fuzz.mk, ...).
+include $(sort $(filter-out $(wildcard */stage.mk),$(wildcard */*.mk)))
 
 .PHONY: all demo test check clean need-cc need-test fuzz
 .DEFAULT_GOAL := all
@@ -84,6 +87,11 @@ trace-%: all
 	strace -f -qq -e trace=$(TRACE_$*_CALLS) ./$(TRACE_$*_PROG) $(TRACE_$*_ARGS)
 
 fuzz: fuzz-05
+
+# lesson-NN: the lines of stage NN marked /* lesson: NAME */ ... /* end lesson */,
+# each with its file:line (common/lesson.py; the README quotes the same lines).
+lesson-%:
+	@py=$$(command -v python3 || echo /usr/bin/python3); $$py common/lesson.py $(wildcard $*-*)
 
 clean:
 	rm -rf build-asan build-fuzz $(PROGS) tests/__pycache__ .pytest_cache

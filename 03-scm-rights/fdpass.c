@@ -26,12 +26,21 @@ static int status(int st, int err)
 	return st;
 }
 
+/* A failed system call: EAGAIN gets its own status, so that a non-blocking
+ * caller need not look behind FDPASS_ESYS; errno is left as it was. */
+static int sys_status(void)
+{
+	return (errno == EAGAIN || errno == EWOULDBLOCK) ? FDPASS_EAGAIN : FDPASS_ESYS;
+}
+
 const char *fdpass_strerror(int st)
 {
 	switch (st) {
 	case FDPASS_OK: return "ok";
 	case FDPASS_EOF: return "end of stream: the peer closed the channel";
 	case FDPASS_ESYS: return "system call failed";
+	case FDPASS_EAGAIN: return "would block: the socket is non-blocking and not ready";
+	case FDPASS_EINVAL: return "invalid arguments from the caller";
 	case FDPASS_ECOUNT: return "descriptor count must be 1..253 (SCM_MAX_FD)";
 	case FDPASS_EEMPTY: return "empty payload on a stream socket: the kernel would drop the descriptors";
 	case FDPASS_ESHORT: return "short send: only part of the payload was sent";
@@ -86,7 +95,7 @@ int fdpass_send(int sock, const void *buf, size_t len, const int *fds, size_t nf
 		return status(FDPASS_EEMPTY, EINVAL);
 	ssize_t n = fdpass_sendmsg_raw(sock, buf, len, fds, nfds);
 	if (n < 0)
-		return FDPASS_ESYS;
+		return sys_status();
 	if (sent)
 		*sent = (size_t)n;
 	if ((size_t)n < len)
@@ -105,7 +114,7 @@ int fdpass_recv(int sock, struct fdpass_rx *rx)
 	rx->len = rx->nfds = rx->closed = 0;
 	rx->msg_flags = 0;
 	if (!rx->buf || rx->cap == 0 || rx->max_fds > FDPASS_MAX_FDS || (rx->max_fds && !rx->fds))
-		return status(FDPASS_ESYS, EINVAL);
+		return status(FDPASS_EINVAL, EINVAL);
 
 	union fdpass_control control;
 	struct iovec iov = { .iov_base = rx->buf, .iov_len = rx->cap };
@@ -125,7 +134,7 @@ int fdpass_recv(int sock, struct fdpass_rx *rx)
 		n = recvmsg(sock, &msg, flags);
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
-		return FDPASS_ESYS;
+		return sys_status();
 	rx->len = (size_t)n;
 	rx->msg_flags = msg.msg_flags;
 

@@ -32,6 +32,8 @@ enum fdpass_status {
 	FDPASS_OK = 0,
 	FDPASS_EOF,     /* recv: the peer closed its end; no message      (errno 0)        */
 	FDPASS_ESYS,    /* a system call failed                            (its errno)      */
+	FDPASS_EAGAIN,  /* non-blocking socket, nothing could move now     (EAGAIN)         */
+	FDPASS_EINVAL,  /* the caller's arguments are wrong (NULL buf ...) (EINVAL)         */
 	FDPASS_ECOUNT,  /* send: 0, or more than FDPASS_MAX_FDS, fds       (EINVAL)         */
 	FDPASS_EEMPTY,  /* send: empty payload on a SOCK_STREAM socket     (EINVAL)         */
 	FDPASS_ESHORT,  /* send: the kernel took part of the payload only  (EMSGSIZE)       */

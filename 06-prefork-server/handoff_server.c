@@ -957,7 +957,7 @@ static int chan_read(struct disp *d, int s)
 	for (;;) {
 		struct fdpass_rx rx = { .buf = &m, .cap = sizeof m };
 		int st = fdpass_recv(sl->chan, &rx); /* max_fds 0: a worker never sends one */
-		if (st == FDPASS_ESYS && errno == EAGAIN)
+		if (st == FDPASS_EAGAIN)
 			return 0;
 		if (st == FDPASS_EOF || st == FDPASS_ESYS)
 			return -1; /* EOF, or ECONNRESET: the worker is gone */
@@ -1086,7 +1086,7 @@ static void dispatch(struct disp *d)
 			d->c.handed_off += k;
 			continue;
 		}
-		if (st == FDPASS_ESYS && (errno == EAGAIN || errno == ENOBUFS || errno == ETOOMANYREFS)) {
+		if (st == FDPASS_EAGAIN || (st == FDPASS_ESYS && (errno == ENOBUFS || errno == ETOOMANYREFS))) {
 			/* The channel is full: this worker is behind. Nothing more for it
 			 * until it drains (EPOLLOUT). */
 			sl->blocked = 1;

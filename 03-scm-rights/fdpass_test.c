@@ -96,7 +96,7 @@ static int recv_into(int sock, struct rx *x, size_t max_fds, unsigned flags)
 	return fdpass_recv(sock, &x->rx);
 }
 
-/* ---- the cases --------------------------------------------------------- */
+/* ---- the cases ---------------------------------------------------------- */
 
 /* 0 or more than 253 descriptors: refused before the kernel is asked. */
 static void send_count(void)

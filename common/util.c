@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -244,4 +245,17 @@ void unblock_signals(void)
 	sigset_t set;
 	sigemptyset(&set);
 	sigprocmask(SIG_SETMASK, &set, NULL);
+}
+
+const char *errno_text(int err, char *buf, size_t cap)
+{
+	/* strerrorname_np knows every errno glibc knows; NULL for the rest. */
+	const char *name = strerrorname_np(err);
+	char num[16];
+	if (!name) {
+		snprintf(num, sizeof num, "errno %d", err);
+		name = num;
+	}
+	snprintf(buf, cap, "%s (%s)", name, strerror(err));
+	return buf;
 }

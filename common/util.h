@@ -5,7 +5,8 @@
  * Every function returns -1 and sets errno on failure (ETIMEDOUT when a
  * bound ran out); none prints, none exits.
  *
- * See also: poll(2), pidfd_open(2), kcmp(2), proc(5) (/proc/PID/fd).
+ * See also: poll(2), pidfd_open(2), kcmp(2), proc(5) (/proc/PID/fd),
+ * strerrorname_np(3).
  */
 #ifndef UTIL_H
 #define UTIL_H
@@ -58,6 +59,12 @@ int fd_target(pid_t pid, int fd, char *buf, size_t cap);
 int fd_list(int *fds, int cap);
 /* kcmp(KCMP_FILE): 0 = both name the same open file description. */
 int same_file(pid_t pid1, int fd1, pid_t pid2, int fd2);
+
+/* "EPIPE (Broken pipe)": the errno by name and by text, as TLPI's errExit
+ * prints it (strerrorname_np, glibc 2.32). Writes at most cap bytes into
+ * buf and returns buf; ERRNO_TEXT_LEN is always enough. */
+#define ERRNO_TEXT_LEN 96
+const char *errno_text(int err, char *buf, size_t cap);
 
 /* Blocks SIGINT and SIGTERM (and SIGCHLD when asked) and returns a
  * signalfd that becomes readable when one arrives: a server's poll loop

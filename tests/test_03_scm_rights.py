@@ -36,7 +36,7 @@ def test_socket_same_file_different_number(tmp_path):
     acc = one(t, "parent", "accept")
     got = one(t, "worker", "recvmsg")
     assert got["fd"] != acc["fd"]  # numbers are per process ...
-    assert got["inode"] == acc["inode"]  # ... the socket is one
+    assert (got["dev"], got["inode"]) == (acc["dev"], acc["inode"])  # ... the socket is one
     assert one(t, "parent", "kcmp") == {**one(t, "parent", "kcmp"), "same": 1, "fd": acc["fd"], "worker_fd": got["fd"]}
     # /proc/PID/fd of both, as the narration quotes it
     proc = [l for l in r.narration("parent") if l.startswith("/proc/")][0]
@@ -55,6 +55,7 @@ def test_received_socket_does_not_survive_exec(tmp_path):
     inode = one(t, "parent", "accept")["inode"]
     assert r.narration("exec"), "the exec'd program did not report"
     assert not [l for l in r.narration("exec") if f"socket:[{inode}]" in l]
+    assert one(t, "exec", "inherited")["sockets"] == 0
 
 
 def test_no_cloexec_leaks_into_exec(tmp_path):
@@ -63,6 +64,7 @@ def test_no_cloexec_leaks_into_exec(tmp_path):
     wfd = one(t, "worker", "recvmsg")["fd"]
     assert one(t, "worker", "exec")["cloexec"] == 0
     assert f"after exec I hold fd {wfd} -> socket:[{inode}]" in r.narration("exec")
+    assert one(t, "exec", "inherited")["sockets"] == 1  # the event the diagram draws
 
 
 def test_file_offset_and_status_flags_are_shared(tmp_path):
@@ -71,7 +73,10 @@ def test_file_offset_and_status_flags_are_shared(tmp_path):
     shared = one(t, "parent", "shared")
     assert shared["offset"] == worker_read["bytes"] > 0  # the worker's read moved OUR offset
     assert shared["nonblock"] == 1  # O_NONBLOCK set by the worker
-    assert shared["cloexec"] == 0 and one(t, "worker", "recvmsg")["cloexec"] == 1
+    got = one(t, "worker", "recvmsg")
+    assert shared["cloexec"] == 0 and got["cloexec"] == 1
+    opened = one(t, "parent", "open")
+    assert (got["dev"], got["inode"]) == (opened["dev"], opened["inode"])
     assert r.result()["same_file"] == "1"
 
 
@@ -80,6 +85,8 @@ def test_pipe_write_end_works_in_the_worker(tmp_path):
     wrote = one(t, "worker", "write")
     read = one(t, "parent", "read")
     assert read["bytes"] == wrote["bytes"] and read["eof"] == 1
+    made, got = one(t, "parent", "pipe"), one(t, "worker", "recvmsg")
+    assert (got["dev"], got["inode"]) == (made["dev"], made["inode"])
 
 
 def test_zero_byte_on_stream_never_arrives(tmp_path):
@@ -94,7 +101,8 @@ def test_zero_byte_on_stream_never_arrives(tmp_path):
 def test_zero_byte_on_seqpacket_arrives(tmp_path):
     r, t = trace_of(tmp_path, "--zero-byte", "--channel", "seqpacket")
     got = one(t, "worker", "recvmsg")
-    assert got["bytes"] == 0 and got["inode"] == one(t, "parent", "accept")["inode"]
+    acc = one(t, "parent", "accept")
+    assert got["bytes"] == 0 and (got["dev"], got["inode"]) == (acc["dev"], acc["inode"])
     assert r.result()["delivered"] == "1"
     assert one(t, "client", "reply")["served"] == 1
 
@@ -107,6 +115,22 @@ def test_small_control_truncates_and_closes_everything(tmp_path):
     assert one(t, "client", "reply")["served"] == 0
     assert [l for l in r.narration("client") if l.startswith("no reply, end-of-file")]
     assert r.result()["delivered"] == "0"
+
+
+def test_classic_receiver_leaks_what_fdpass_recv_closes(tmp_path):
+    """Two descriptors to a receiver built for one: the classic receiver's
+    length check rejects the message and both stay open (no EOF on the pipe
+    within the bound while the worker lives; EOF once it exits);
+    fdpass_recv, sent the same kind of message, closes both at once."""
+    r, t = trace_of(tmp_path, "--classic-receiver")
+    classic, fixed = [e for e in t if e["role"] == "worker" and e["event"] == "recvmsg"]
+    assert classic["receiver"] == "classic" and classic["fd"] == -1 and classic["in_cmsg"] == 2
+    assert fixed["receiver"] == "fdpass" and fixed["result"] == "toomany" and fixed["closed"] == 2
+    assert one(t, "parent", "leak")["eof"] == 0
+    assert one(t, "parent", "fixed")["eof"] == 1
+    assert one(t, "parent", "exit_closes")["eof"] == 1
+    assert one(t, "client", "reply")["served"] == 0
+    assert r.result() == {"receiver": "classic", "leaked": "1", "fixed": "1", "closed_at_exit": "1"}
 
 
 def _holders(pids, inode):
@@ -172,7 +196,10 @@ def test_serve_many_clients_at_once(serve):
 
 @pytest.mark.parametrize(
     "args",
-    [[], ["--kind", "file"], ["--kind", "pipe"], ["--zero-byte"], ["--small-control"], ["--no-cloexec"]],
+    [
+        [], ["--kind", "file"], ["--kind", "pipe"], ["--zero-byte"], ["--small-control"],
+        ["--no-cloexec"], ["--classic-receiver"],
+    ],
 )
 def test_readme_diagrams_are_real_runs(args):
     assert mermaid_of(run(PROG, *args, "--mermaid")) in readme_diagrams("03-scm-rights")
@@ -211,6 +238,9 @@ def test_fdpass_unit(case):
         ["--no-cloexec", "--kind", "file"],
         ["--zero-byte", "--kind", "pipe"],
         ["--small-control", "--kind", "file"],
+        ["--classic-receiver", "--no-cloexec"],
+        ["--classic-receiver", "--channel", "seqpacket"],
+        ["--classic-receiver", "--kind", "pipe"],
         ["--serve", "--zero-byte"],
         ["--serve", "--mermaid"],
         ["--port", "5"],

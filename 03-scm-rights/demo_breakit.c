@@ -79,7 +79,7 @@ int breakit_lost_closed(struct nar *n, int extra[2][2])
 {
 	int all = 1;
 	for (int i = 0; i < 2; i++) {
-		all &= wait_eof_fd(extra[i][0], WAIT_MS);
+		all &= wait_eof(extra[i][0], WAIT_MS);
 		close(extra[i][0]);
 	}
 	say(n, "both pipe read ends see end-of-file: every descriptor of the rejected message "
@@ -236,7 +236,7 @@ int classic_demo(struct nar *n)
 	close(s.fd), close(pa[1]);
 	if (chan_hear(ch, "fd=%d", &wfd) < 0)
 		die("no answer from the worker");
-	int leaked = !wait_eof_fd(pa[0], ABSENT_MS);
+	int leaked = !wait_eof(pa[0], ABSENT_MS);
 	say(n, "I closed my copies; the pipe's read end %s within %d ms%s", leaked ? "sees NO end-of-file" :
 	    "sees end-of-file", ABSENT_MS, leaked ? ": the worker still holds the write end it never saw" : "");
 	ev(n, "leak", NULL, "eof=%d waited_ms=%d", !leaked, ABSENT_MS);
@@ -246,7 +246,7 @@ int classic_demo(struct nar *n)
 	close(pb[1]);
 	if (chan_hear(ch, "fd=%d", &wfd) < 0)
 		die("no answer from the worker");
-	int fixed = wait_eof_fd(pb[0], WAIT_MS);
+	int fixed = wait_eof(pb[0], WAIT_MS);
 	say(n, "that pipe's read end sees end-of-file%s", fixed ? ": nothing leaked" : " - NOT!");
 	ev(n, "fixed", NULL, "eof=%d", fixed);
 
@@ -254,7 +254,7 @@ int classic_demo(struct nar *n)
 	ev(n, "go", "worker", NULL);
 	chan_say(ch, "go=%d", 1);
 	int st, ok = reap_child(wpid, WAIT_MS, &st) == 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0;
-	int at_exit = wait_eof_fd(pa[0], WAIT_MS);
+	int at_exit = wait_eof(pa[0], WAIT_MS);
 	say(n, "the worker exited, and now the first pipe sees end-of-file%s: a worker that lives "
 	       "on leaks 2 descriptors per such message, until EMFILE", at_exit ? "" : " - NOT!");
 	ev(n, "exit_closes", NULL, "eof=%d", at_exit);

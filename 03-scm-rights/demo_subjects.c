@@ -56,16 +56,6 @@ int chan_hear(int ch, const char *fmt, int *value)
 	return sscanf(msg, fmt, value) == 1 ? 0 : -1;
 }
 
-int wait_eof_fd(int fd, int timeout_ms)
-{
-	char buf[64];
-	for (;;) {
-		ssize_t r = read_within(fd, buf, sizeof buf, timeout_ms);
-		if (r <= 0)
-			return r == 0;
-	}
-}
-
 /* ---- the client of --kind socket --------------------------------------- */
 
 /* Connects, waits for the parent's word, sends a line and reports what came
@@ -230,7 +220,7 @@ void show_pipe_effect(struct nar *n, int keep)
 	char piped[128] = "";
 	ssize_t r = read_line(keep, piped, sizeof piped, WAIT_MS);
 	piped[strcspn(piped, "\n")] = '\0';
-	int eof = wait_eof_fd(keep, WAIT_MS);
+	int eof = wait_eof(keep, WAIT_MS);
 	say(n, "read from my read end fd %d: \"%s\" (%zd bytes), then end-of-file%s", keep, piped, r,
 	    eof ? ": the worker closed the last write end" : " did NOT come");
 	ev(n, "read", NULL, "fd=%d bytes=%zd eof=%d", keep, r, eof);

@@ -14,6 +14,12 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+/* Linux 6.5: a receiver that set SO_PASSPIDFD gets, with every message, a
+ * pidfd of the sender (older headers do not name it). */
+#ifndef SCM_PIDFD
+#define SCM_PIDFD 0x04
+#endif
+
 /* Room for the largest control message we ever send or accept. */
 union fdpass_control {
 	struct cmsghdr align; /* forces the alignment CMSG_* macros assume */
@@ -156,11 +162,13 @@ int fdpass_recv(int sock, struct fdpass_rx *rx)
 	size_t ngot = 0;
 	int foreign = 0;
 	for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS ||
-		    c->cmsg_len < CMSG_LEN(0)) {
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_len < CMSG_LEN(0) ||
+		    (c->cmsg_type != SCM_RIGHTS && c->cmsg_type != SCM_PIDFD)) {
 			foreign = 1;
 			continue;
 		}
+		/* SCM_PIDFD is foreign here too, but it is a descriptor: close it */
+		foreign |= c->cmsg_type == SCM_PIDFD;
 		size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
 		if (k > sizeof got / sizeof got[0] - ngot) /* cannot happen: controllen bounds it */
 			k = sizeof got / sizeof got[0] - ngot;

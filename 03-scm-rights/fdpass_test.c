@@ -16,7 +16,8 @@
  * Run:   ./fdpass_test --list          the names, CASE.VARIANT, one a line
  *        ./fdpass_test CASE.VARIANT    one case: prints "ok CASE.VARIANT"
  *                                      and exits 0, or "FAIL ...: line N:
- *                                      what" and exits 1
+ *                                      what" and exits 1, or "skip ...:
+ *                                      why" (a kernel too old) and exits 0
  * tests/test_03_scm_rights.py runs every case. Every descriptor a rejected
  * message carried is proven closed as the other tests do it: we send pipe
  * write ends, close our copies, and the read ends must reach end-of-file.
@@ -413,6 +414,34 @@ static void nonblocking(const struct variant *v)
 	close_all(sv, 2), close(r[0]);
 }
 
+/* Linux 6.5: SO_PASSPIDFD makes the kernel add SCM_PIDFD, a pidfd of the
+ * sender, to every message. fdpass_recv rejects it as foreign - and closes
+ * the pidfd too, not just the SCM_RIGHTS descriptors: the count of our own
+ * descriptors is the same before and after. */
+#ifndef SO_PASSPIDFD
+#define SO_PASSPIDFD 76
+#endif
+static void pidfd_cmsg(const struct variant *v)
+{
+	int sv[2], r[1], w[1], one = 1, before[512], after[512];
+	pair(v, sv);
+	if (setsockopt(sv[1], SOL_SOCKET, SO_PASSPIDFD, &one, sizeof one) < 0 && errno == ENOPROTOOPT) {
+		printf("skip %s: SO_PASSPIDFD needs Linux 6.5\n", current);
+		exit(0);
+	}
+	pipes(1, r, w);
+	CHECK(fdpass_send(sv[0], "x", 1, w, 1, NULL) == FDPASS_OK);
+	close(w[0]);
+	int nbefore = fd_list(before, 512);
+	struct rx x;
+	CHECK(recv_into(sv[1], &x, 16, 0) == FDPASS_ECMSG && errno == EPROTO);
+	CHECK(x.rx.closed == 2 && x.rx.nfds == 0); /* the pipe's write end and the pidfd */
+	CHECK(fd_list(after, 512) == nbefore && nbefore <= 512);
+	CHECK(memcmp(before, after, (size_t)nbefore * sizeof(int)) == 0);
+	CHECK(eof(r[0]));
+	close_all(sv, 2), close(r[0]);
+}
+
 /* EINTR: a signal (handler without SA_RESTART) arrives while fdpass_recv
  * waits in recvmsg; it must go back to waiting, and get the message that a
  * child sends only after the handler has run. */
@@ -496,6 +525,7 @@ static const struct {
 	{ "large_payload", large_payload, ALL },
 	{ "misuse", misuse, ALL },
 	{ "nonblocking", nonblocking, ALL },
+	{ "pidfd_cmsg", pidfd_cmsg, ALL },
 	{ "eintr", eintr, ALL },
 };
 

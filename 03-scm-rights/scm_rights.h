@@ -48,8 +48,6 @@ struct file_id file_id(int fd);
 /* One short line each way on the channel; the two sides take turns. */
 void chan_say(int ch, const char *fmt, int value);
 int chan_hear(int ch, const char *fmt, int *value);
-/* Reads fd until end-of-file, each read bounded: 1 if EOF came, 0 if not. */
-int wait_eof_fd(int fd, int timeout_ms);
 
 /* What the parent passes, and what it keeps to look at the effects. */
 struct subject {

@@ -115,6 +115,16 @@ ssize_t read_within(int fd, void *buf, size_t len, int timeout_ms)
 	return n;
 }
 
+int wait_eof(int fd, int timeout_ms)
+{
+	char buf[64];
+	for (;;) {
+		ssize_t r = read_within(fd, buf, sizeof buf, timeout_ms);
+		if (r <= 0)
+			return r == 0;
+	}
+}
+
 ssize_t read_line(int fd, char *buf, size_t cap, int timeout_ms)
 {
 	size_t len = 0;

@@ -41,6 +41,10 @@ int wait_readable(int fd, int timeout_ms);
 /* One read(2) that waits at most timeout_ms: >0 bytes, 0 EOF, -1 error
  * (ETIMEDOUT when nothing came). */
 ssize_t read_within(int fd, void *buf, size_t len, int timeout_ms);
+/* Reads and discards until end-of-file, each read waiting at most
+ * timeout_ms: 1 if end-of-file came, 0 if not (timed out, or an error).
+ * On a pipe's read end, EOF means no write end is open anywhere. */
+int wait_eof(int fd, int timeout_ms);
 /* Reads one '\n'-terminated line (kept, NUL-terminated) byte by byte, so
  * nothing after the line is consumed. Returns its length, 0 on EOF. */
 ssize_t read_line(int fd, char *buf, size_t cap, int timeout_ms);

@@ -213,7 +213,7 @@ FDPASS_CASES = [
     for case in [
         "send_count", "kernel_scm_max_fd", "empty_payload", "cloexec", "too_many", "ctrunc",
         "no_fd", "eof_is_not_no_fd", "foreign_cmsg", "peer_gone", "large_payload", "misuse",
-        "nonblocking", "eintr",
+        "nonblocking", "pidfd_cmsg", "eintr",
     ]
     for variant in FDPASS_VARIANTS
     if (case, variant) != ("eof_is_not_no_fd", "dgram")
@@ -227,7 +227,10 @@ def test_fdpass_unit_cases_all_listed():
 @pytest.mark.parametrize("case", FDPASS_CASES)
 def test_fdpass_unit(case):
     """fdpass.c on the paths no demo reaches (03-scm-rights/fdpass_test.c)."""
-    assert run("03-scm-rights/fdpass_test", case).lines == [f"ok {case}"]
+    lines = run("03-scm-rights/fdpass_test", case).lines
+    if len(lines) == 1 and lines[0].startswith(f"skip {case}: "):
+        pytest.skip(lines[0])  # the running kernel lacks what the case needs
+    assert lines == [f"ok {case}"]
 
 
 @pytest.mark.parametrize(
@@ -270,3 +273,57 @@ def test_serve_ends_cleanly_on_signal_with_a_client_connected(serve, sig):
         assert c.recv(100).endswith(b"] hi\n")  # the worker holds it now
         s.stop(sig)  # exit 0, worker reaped, nothing left behind
         assert c.recv(1) == b""  # and the connection was closed
+
+
+# ------------------------------------------------ newer kernels (newer_kernels.c)
+
+NEWER = "03-scm-rights/newer_kernels"
+LIMIT = 16  # the RLIMIT_NOFILE newer_kernels sets for the toomanyrefs section
+
+
+def newer(section):
+    r = run(NEWER, section)
+    (line,) = [l for l in r.lines if l.startswith(("result: ", "skip: "))]
+    if line.startswith("skip: "):
+        pytest.skip(line)  # the running kernel lacks the feature; the line says which
+    res = r.result()
+    assert res.pop("feature") == section
+    return res
+
+
+def test_pidfd_getfd_copies_a_descriptor_without_a_socket():
+    res = newer("pidfd_getfd")
+    assert res["same_file"] == "1" and res["cloexec"] == "1" and res["works"] == "1"
+    # ptrace access is required: a process run as nobody is refused
+    assert res["unprivileged"] == ("EPERM" if os.geteuid() == 0 else "not_tried")
+
+
+def test_so_peerpidfd_cannot_name_another_process_after_exit():
+    assert newer("peerpidfd") == {"pid_matches": "1", "after_exit": "ESRCH", "fdinfo_pid": "-1"}
+
+
+def test_scm_pidfd_comes_with_every_message():
+    assert newer("scm_pidfd") == {"pidfd_received": "1"}
+
+
+def test_so_passrights_off_refuses_descriptors():
+    assert newer("passrights") == {"send": "EPERM", "data": "1", "nothing_in_flight": "1"}
+
+
+def test_descriptors_in_flight_are_limited_by_rlimit_nofile():
+    res = newer("toomanyrefs")
+    # the kernel refuses a message once the user's in-flight count is already
+    # above the limit (too_many_unix_fds: inflight > RLIMIT_NOFILE), so one
+    # descriptor per message gets LIMIT + 1 messages out
+    assert res["error"] == "ETOOMANYREFS" and int(res["sent"]) == LIMIT + 1
+    if os.geteuid() == 0:  # CAP_SYS_RESOURCE lifts it: all 4 * LIMIT went
+        assert res["privileged_error"] == "none" and int(res["privileged_sent"]) == 4 * LIMIT
+
+
+def test_scm_rights_is_ignored_on_tcp():
+    assert newer("inet") == {"sent": "1", "received": "1", "fds": "0", "dropped": "1"}
+
+
+@pytest.mark.parametrize("args", [["nosuch"], ["inet", "--mermaid"]])
+def test_newer_kernels_bad_arguments(args):
+    assert len(run(NEWER, *args, expect=2).stderr.splitlines()) == 1

@@ -100,8 +100,8 @@ static int pidfd_pid(int pidfd)
 	return p ? atoi(p + 5) : -2;
 }
 
-/* A child that holds fd (its copy from fork) until `done` has a byte or
- * EOF. The child closes every other descriptor the caller names. */
+/* A child that keeps every descriptor it inherited until `done` (its read
+ * end done_r) has a byte or reaches EOF, then exits. */
 static pid_t holder(int done_r, int done_w)
 {
 	pid_t pid = fork();

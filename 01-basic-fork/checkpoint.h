@@ -16,8 +16,8 @@
 #define CHECKPOINT_H
 
 #define CHECKPOINT_USAGE \
-	"  --checkpoint PATH  for the tests: stop at each checkpoint until the Unix\n" \
-	"                  socket PATH answers (it reads /proc/PID/fd meanwhile)\n"
+	"  --checkpoint PATH  for the tests: stop at each checkpoint until the test\n" \
+	"                  listening on the Unix socket PATH has read /proc/PID/fd\n"
 
 /* path NULL: a no-op. label: one word ("child", "worker-recv", ...). */
 int checkpoint(const char *path, const char *label);

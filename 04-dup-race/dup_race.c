@@ -336,6 +336,6 @@ int worker(struct nar *n, const struct cfg *c, int chan, int hold_r)
 		ev(n, "read", NULL, "conn=%d bytes=%ld", (int)conn, got);
 		say(n, "%s says fd %d is readable; read %ld bytes, then end-of-file",
 		    poller_names[c->poller], fd, got);
-		reply_and_close(n, chan, fd, (int)conn, got);
+		reply_and_close(n, c, chan, fd, (int)conn, got);
 	}
 }

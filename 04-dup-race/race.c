@@ -15,6 +15,7 @@
  */
 #define _GNU_SOURCE
 #include "dup_race.h"
+#include "../01-basic-fork/checkpoint.h"
 #include "../common/cli.h"
 #include "../common/util.h"
 
@@ -196,8 +197,12 @@ int wait_for_release(int hold_r, int chan)
 
 /* Replies "worker PID got N bytes" on fd and closes it (the worker's last
  * use of the connection); then reports to the parent on chan. */
-void reply_and_close(struct nar *n, int chan, int fd, int conn, long got)
+void reply_and_close(struct nar *n, const struct cfg *c, int chan, int fd, int conn, long got)
 {
+	/* The tests: the connection being served, the channel, the hold pipe -
+	 * no other client's connection, no descriptor of the parent's. */
+	if (checkpoint(c->checkpoint, "worker-conn") < 0)
+		die("worker: checkpoint");
 	char reply[96];
 	int len = snprintf(reply, sizeof reply, "worker %d got %ld bytes\n", (int)getpid(), got);
 	struct report rep = { conn, (int32_t)got };
@@ -351,6 +356,8 @@ void setup(struct parent *p, struct nar *n, const struct cfg *c, int port, int w
 				close(note[i]);
 		}
 		unblock_signals();
+		if (checkpoint(c->checkpoint, "worker") < 0) /* the tests: sv[1], hold[0] */
+			die("worker: checkpoint");
 		int rc = worker(n, c, sv[1], hold[0]);
 		close(sv[1]);
 		if (hold[0] >= 0)
@@ -382,6 +389,8 @@ void setup(struct parent *p, struct nar *n, const struct cfg *c, int port, int w
 			close(p->bell_w);
 			if (p->hold_w >= 0)
 				close(p->hold_w);
+			if (checkpoint(c->checkpoint, "client") < 0) /* the tests: go[0], note[1] */
+				die("client: checkpoint");
 			int rc = c->stress ? client_stress(n, *bound, c->stress, note[1])
 					   : client_forced(n, *bound, go[0], note[1]);
 			close(go[0]);

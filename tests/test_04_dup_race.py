@@ -225,6 +225,19 @@ def test_demo_runs_three_modes_and_prints_the_table():
     assert r.lines[-1].startswith("result: ")
 
 
+@pytest.mark.parametrize("poller,step", [("select", "FD_CLR(4), close(4)"), ("poll", "drop fd 4's pollfd, close(4)"),
+                                         ("epoll", "close(4), no EPOLL_CTL_DEL")])
+def test_article_narration_names_what_took_the_number_out(poller, step, tmp_path):
+    """The article's steps say dup, send, close; under select and poll the
+    loop must also drop the number from its set, and the narration says so.
+    The trace agrees: under select/poll no event is ever reported for the
+    closed number; under epoll one is (the trap)."""
+    trace = tmp_path / "t.jsonl"
+    r = run(PROG, "--mode", "article", "--poller", poller, "--connections", "1", "--trace", trace)
+    assert f"article: dup(4) -> 5, sendmsg(fd 5), {step}; fd 5 stays open" in r.narration("parent")
+    assert bool(events(read_trace(trace), "parent", "stale")) == (poller == "epoll")
+
+
 # ------------------------------------------------------------ the epoll trap
 
 

@@ -49,7 +49,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* ---- the parent: accept, hand off -------------------------------------- */
+/* ---- the parent: accept, hand off --------------------------------------- */
 
 /*
  * on_accept: accepts one connection and puts its new descriptor into the
@@ -176,7 +176,7 @@ static void hand_off(struct parent *p, int c, int id)
 	p->handed++;
 }
 
-/* ---- the parent: what the loop does with a readable connection --------- */
+/* ---- the parent: what the loop does with a readable connection ---------- */
 
 /*
  * on_conn_event: the loop found a connection number readable and reads it,
@@ -291,7 +291,7 @@ int loop_once(struct parent *p, int timeout_ms, int accept_ok)
 	return n;
 }
 
-/* ---- the worker: pre-forked, it gets connections only by SCM_RIGHTS ---- */
+/* ---- the worker: pre-forked, it gets connections only by SCM_RIGHTS ----- */
 
 /*
  * worker: receives connections on chan one by one, reads each to the

@@ -34,7 +34,7 @@
 
 const char *const mode_names[] = { "naive", "article", "fixed", NULL };
 
-/* ---- the parent's bookkeeping ----------------------------------------- */
+/* ---- the parent's bookkeeping ------------------------------------------- */
 
 void set_owner(struct parent *p, int fd, int id)
 {
@@ -91,7 +91,7 @@ static int read_exact(int fd, void *buf, size_t len, int timeout_ms)
 	return 0;
 }
 
-/* ---- forcing the race ------------------------------------------------- */
+/* ---- forcing the race --------------------------------------------------- */
 
 /* Forced rounds: the client writes right after connecting; wait (bounded)
  * until its bytes sit in this socket's receive queue, so they are there for
@@ -175,7 +175,7 @@ void wait_report(struct parent *p)
 	p->st.delivered += rep.bytes;
 }
 
-/* ---- the worker's side of the harness ---------------------------------- */
+/* ---- the worker's side of the harness ----------------------------------- */
 
 /* Forced rounds: waits on the hold pipe until released (0 when the parent
  * closed it: done); then, in every mode, until the parent's message is
@@ -215,7 +215,7 @@ void reply_and_close(struct nar *n, const struct cfg *c, int chan, int fd, int c
 		die("worker: report to parent");
 }
 
-/* ---- the built-in client: a process of its own, as a real client ------- */
+/* ---- the built-in client: a process of its own, as a real client -------- */
 
 static int client_round(struct nar *n, int port, int conn, int note_w, long *sent, long *got)
 {
@@ -283,7 +283,7 @@ static int client_stress(struct nar *n, int port, long count, int note_w)
 	return write_all(note_w, &nt, sizeof nt) < 0 ? 1 : 0;
 }
 
-/* ---- the processes of a run ------------------------------------------- */
+/* ---- the processes of a run --------------------------------------------- */
 
 /*
  * Moves a descriptor of the machinery (channel, pipes, epoll instance) up

@@ -101,12 +101,20 @@ enum tlsx_event {
 	TLSX_KEY_UPDATE,      /* tlsx_open_record only: a KeyUpdate was handled */
 };
 
+/* Records in a row that carry no application data (KeyUpdates, empty
+ * application_data records) before the peer is cut off with
+ * unexpected_message: each costs us work and moves nothing forward, so a
+ * flood of them would pin a worker. 32, like OpenSSL's MAX_EMPTY_RECORDS and
+ * BoringSSL's kMaxKeyUpdates. */
+#define TLSX_MAX_EMPTY_RECORDS 32
+
 struct tlsx_sess {
 	struct rec_dir rd, wr;
 	uint64_t limit;         /* records per write key before our own KeyUpdate */
 	int ku_owed;            /* the peer asked for a KeyUpdate: send one first */
 	uint64_t peer_updates;  /* KeyUpdates received */
 	int alert;              /* TLSX_PEER_ALERT / TLSX_FATAL: the alert */
+	int empty_run;          /* records in a row without application data */
 	/* raw bytes: a record is opened in place at in[0] */
 	size_t in_len;
 	size_t rec_len;         /* > 0: in[0..rec_len) is an opened record */
@@ -124,8 +132,11 @@ void tlsx_sess_free(struct tlsx_sess *s);
 /* Where raw bytes from the socket go, and how many fit. */
 size_t tlsx_in_room(struct tlsx_sess *s, uint8_t **p);
 void tlsx_in_added(struct tlsx_sess *s, size_t n);
-/* 1 if a whole record or plaintext is buffered: tlsx_read has more to give
- * without a read from the socket. */
+/* 1 if tlsx_read has work to do without a read from the socket: plaintext
+ * not handed out yet, or a whole record (or a bad header) buffered behind
+ * the one being handed out. A worker that stops reading while its output is
+ * full asks this before it waits for EPOLLIN: bytes already in the buffer
+ * will not raise EPOLLIN again. A partial record is not counted. */
 int tlsx_buffered(const struct tlsx_sess *s);
 
 /* Up to cap bytes of plaintext into out: > 0, or 0 with *ev set. */
@@ -133,7 +144,9 @@ size_t tlsx_read(struct tlsx_sess *s, void *out, size_t cap, int *ev);
 
 /* Opens one whole record (header + body, in place) and classifies it:
  * 0 with *plain and *len for application data (a KeyUpdate or an alert is
- * handled and reported in *ev as in tlsx_read, *len 0), or the alert to send.
+ * handled and reported in *ev as in tlsx_read, *len 0), or the alert to send
+ * (unexpected_message also for the record after TLSX_MAX_EMPTY_RECORDS in a
+ * row without application data).
  * For callers that read whole records themselves (stage 05's blocking worker).
  * *request: a KeyUpdate's request value (-1 if the record was no KeyUpdate). */
 int tlsx_open_record(struct tlsx_sess *s, uint8_t *rec, size_t rec_len, uint8_t **plain,

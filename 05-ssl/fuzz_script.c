@@ -96,7 +96,7 @@ static void send_alert(struct play *p, int alert)
 	p->end_at = p->sent_len;
 }
 
-/* ---- the worker's side ----------------------------------------------------- */
+/* ---- the worker's side -------------------------------------------------- */
 
 /* Gives the worker up to k more bytes of the wire, as one read(2) would. */
 static void deliver(struct play *p, size_t k)
@@ -169,7 +169,7 @@ static void worker_reply(struct play *p, size_t n)
 	need(have == n && memcmp(got, msg, n) == 0);
 }
 
-/* ---- the script ------------------------------------------------------------ */
+/* ---- the script --------------------------------------------------------- */
 
 void fuzz_script(struct tlsx_sess *worker, struct tlsx_sess *client, const uint8_t *ops, size_t n)
 {

@@ -17,6 +17,8 @@
 #include <openssl/crypto.h>
 #include <openssl/kdf.h>
 
+/* ---- suites and the key schedule ---------------------------------------- */
+
 const char *rec_suite_name(uint16_t suite)
 {
 	switch (suite) {
@@ -169,7 +171,7 @@ static int map_keys(struct rec_dir *d)
 	return 0;
 }
 
-/* ---- one direction's life ------------------------------------------------ */
+/* ---- one direction's life ----------------------------------------------- */
 
 int rec_init(struct rec_dir *d, uint16_t suite, const uint8_t *secret, size_t secret_len,
 	     uint64_t seq, int encrypt)
@@ -224,7 +226,7 @@ void rec_free(struct rec_dir *d)
 	d->ctx = NULL;
 }
 
-/* ---- records ------------------------------------------------------------- */
+/* ---- records ------------------------------------------------------------ */
 
 /* nonce = iv XOR seq, the sequence number big-endian in the last 8 bytes. */
 static void make_nonce(const struct rec_dir *d, uint8_t nonce[REC_IV])

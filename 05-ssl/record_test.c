@@ -37,7 +37,7 @@ static const char *current;
 		}                                                                          \
 	} while (0)
 
-/* ---- a worker and its client ------------------------------------------- */
+/* ---- a worker and its client -------------------------------------------- */
 
 /* Both are big (two records of input each): static, and set up per case. */
 static struct tlsx_sess worker, client;
@@ -104,7 +104,7 @@ static size_t worker_read(char *out, size_t cap, int *ev)
 	return tlsx_read(&worker, out, cap, ev);
 }
 
-/* ---- tlsx_buffered: work the worker can do without reading --------------- */
+/* ---- tlsx_buffered: work the worker can do without reading -------------- */
 
 /* Two records arrive in one read; the worker takes the first in full and
  * stops (its output is full). The second is whole in the buffer and no new
@@ -224,7 +224,7 @@ static void flood_empty_records(void)
 	done();
 }
 
-/* ---- record sizes (RFC 8446 5.4) ------------------------------------------ */
+/* ---- record sizes (RFC 8446 5.4) ---------------------------------------- */
 
 /* Seals a record by hand, with inner bytes of TLSInnerPlaintext (content,
  * type 23, then zeros): rec_seal refuses to make one over 2^14 + 1. */
@@ -283,7 +283,7 @@ static void inner_overflow(void)
 	}
 }
 
-/* ---- the state message ---------------------------------------------------- */
+/* ---- the state message -------------------------------------------------- */
 
 /* A forged state with 20,000 bytes of pending plaintext: more than a
  * worker's buffer holds, so the decoder refuses it (and the encoder will not
@@ -319,7 +319,61 @@ static void state_pending_bound(void)
 	hs_wipe(&got);
 }
 
-/* ---- keys and core dumps -------------------------------------------------- */
+/* ---- alerts and a half-sent record (tls_export.h, the order rule) ------- */
+
+/* Gives the client k bytes the worker sealed, and lets it read: the bytes
+ * it handed out go to got[*have..], the event is returned. */
+static int client_gets(const uint8_t *p, size_t k, char *got, size_t *have)
+{
+	uint8_t *room;
+	CHECK(tlsx_in_room(&client, &room) >= k);
+	memcpy(room, p, k);
+	tlsx_in_added(&client, k);
+	for (;;) {
+		int ev = 0;
+		size_t n = tlsx_read(&client, got + *have, 4096 - *have, &ev);
+		if (n == 0)
+			return ev;
+		*have += n;
+	}
+}
+
+/* The worker has sealed a reply and sent only part of it when it must say
+ * goodbye. Queued behind the reply, the alert arrives after the whole reply;
+ * sent on its own at that moment it lands inside the half-sent record and
+ * the client sees a bad record instead of either. */
+static void alert_behind_queue(void)
+{
+	static uint8_t queue[4096], alone[64];
+	static char got[4096];
+	size_t len, alone_len, have = 0;
+	for (int wrong = 0; wrong < 2; wrong++) {
+		sessions(SUITE_AES_128_GCM_SHA256);
+		CHECK(tlsx_seal_data(&worker, "the reply\n", 10, queue, sizeof queue, &len, NULL) == 0);
+		size_t off = 7; /* sent so far: the record is half out */
+		have = 0;
+		CHECK(client_gets(queue, off, got, &have) == TLSX_WANT_READ && have == 0);
+		if (!wrong) {
+			CHECK(tlsx_queue_alert(&worker, ALERT_CLOSE_NOTIFY, queue, sizeof queue, &len) == 0);
+			CHECK(client_gets(queue + off, len - off, got, &have) == TLSX_CLOSE_NOTIFY);
+			CHECK(have == 10 && memcmp(got, "the reply\n", 10) == 0);
+		} else {
+			CHECK(tlsx_seal_alert(&worker, ALERT_CLOSE_NOTIFY, alone, sizeof alone, &alone_len) == 0);
+			CHECK(client_gets(alone, alone_len, got, &have) == TLSX_WANT_READ);
+			CHECK(client_gets(queue + off, len - off, got, &have) == TLSX_FATAL && have == 0);
+			CHECK(client.alert == ALERT_BAD_RECORD_MAC);
+		}
+		done();
+	}
+	/* no room behind the queue: refused, and the queue is left as it was */
+	sessions(SUITE_AES_128_GCM_SHA256);
+	len = sizeof queue - 10;
+	CHECK(tlsx_queue_alert(&worker, ALERT_DECODE_ERROR, queue, sizeof queue, &len) == -1);
+	CHECK(errno == EMSGSIZE && len == sizeof queue - 10 && worker.wr.seq == 0);
+	done();
+}
+
+/* ---- keys and core dumps ------------------------------------------------ */
 
 /* The VmFlags of the mapping that holds addr (proc(5)): "dd" is
  * MADV_DONTDUMP. 1 if it has dd, 0 if not, -1 if addr is in no mapping. */
@@ -366,7 +420,7 @@ static void keys_not_dumped(void)
 	rec_free(&worker.rd); /* a second time is harmless */
 }
 
-/* ---- the cases ------------------------------------------------------------ */
+/* ---- the cases ---------------------------------------------------------- */
 
 static const struct {
 	const char *name;
@@ -380,6 +434,7 @@ static const struct {
 	{ "flood_empty_records", flood_empty_records },
 	{ "inner_overflow", inner_overflow },
 	{ "state_pending_bound", state_pending_bound },
+	{ "alert_behind_queue", alert_behind_queue },
 	{ "keys_not_dumped", keys_not_dumped },
 };
 

@@ -14,9 +14,7 @@
 #include <openssl/crypto.h>
 #include <openssl/x509v3.h>
 
-/* ------------------------------------------------------------------ */
-/* The exporting side                                                   */
-/* ------------------------------------------------------------------ */
+/* ---- the exporting side ------------------------------------------------- */
 
 void tlsx_capture_wipe(struct tlsx_capture *c)
 {
@@ -194,9 +192,7 @@ void tlsx_export(SSL *ssl, const struct tlsx_capture *c, struct handoff_state *s
 	st->pending_len = 0;
 }
 
-/* ------------------------------------------------------------------ */
-/* The taking-over side                                                 */
-/* ------------------------------------------------------------------ */
+/* ---- the taking-over side ----------------------------------------------- */
 
 int tlsx_sess_init(struct tlsx_sess *s, struct handoff_state *st, uint64_t rekey_after)
 {
@@ -409,8 +405,17 @@ int tlsx_seal_data(struct tlsx_sess *s, const void *data, size_t len, uint8_t *o
 
 int tlsx_seal_alert(struct tlsx_sess *s, int alert, uint8_t *out, size_t cap, size_t *out_len)
 {
+	*out_len = 0;
+	return tlsx_queue_alert(s, alert, out, cap, out_len);
+}
+
+int tlsx_queue_alert(struct tlsx_sess *s, int alert, uint8_t *out, size_t cap, size_t *len)
+{
 	/* In TLS 1.3 every alert but close_notify (and user_canceled) is fatal. */
 	uint8_t a[2] = { alert == ALERT_CLOSE_NOTIFY ? 1 : 2, (uint8_t)alert };
-	*out_len = 0;
-	return seal(s, CT_ALERT, a, sizeof a, out, cap, out_len);
+	if (*len > cap) {
+		errno = EINVAL;
+		return -1;
+	}
+	return seal(s, CT_ALERT, a, sizeof a, out, cap, len);
 }

@@ -43,7 +43,7 @@
 #include "handoff_state.h"
 #include "record.h"
 
-/* ---- the exporting side --------------------------------------------------- */
+/* ---- the exporting side ------------------------------------------------- */
 
 /*
  * What the handshaking process learns about a session while OpenSSL runs it,
@@ -89,7 +89,7 @@ const char *tlsx_cannot_export(SSL *ssl, const struct tlsx_capture *c, const cha
  * pending_len 0) from a session tlsx_cannot_export accepted. */
 void tlsx_export(SSL *ssl, const struct tlsx_capture *c, struct handoff_state *st);
 
-/* ---- the taking-over side ------------------------------------------------- */
+/* ---- the taking-over side ----------------------------------------------- */
 
 #define TLSX_IN_CAP (2 * (REC_HEADER + REC_MAX_CIPHER))
 
@@ -159,8 +159,29 @@ int tlsx_open_record(struct tlsx_sess *s, uint8_t *rec, size_t rec_len, uint8_t 
 size_t tlsx_seal_size(size_t len);
 int tlsx_seal_data(struct tlsx_sess *s, const void *data, size_t len, uint8_t *out, size_t cap,
 		   size_t *out_len, int *updates);
-/* One alert record (close_notify is a warning, every other alert fatal). */
+/*
+ * The order rule for everything sealed: records must reach the socket whole
+ * and in the order they were sealed (each one's sequence number is in its
+ * nonce, and the peer opens them in that order only). A caller that keeps a
+ * queue of sealed bytes (out[off..len) still to send) has a partial record
+ * pending whenever off < len; an alert written to the socket then, on its
+ * own, lands inside that record or ahead of records with smaller sequence
+ * numbers, and the peer sees bad_record_mac instead of the alert. So:
+ *   - never send an alert (or any record) past bytes still queued: append it
+ *     behind them (tlsx_queue_alert) and send the queue in order;
+ *   - if the queue cannot be flushed (the peer does not read), close without
+ *     the alert: a peer that reads nothing would not see it anyway.
+ * tlsx_seal_alert writes into an empty buffer: use it only when nothing
+ * sealed is still unsent.
+ */
+
+/* One alert record (close_notify is a warning, every other alert fatal)
+ * into out[0..cap): 0 and *out_len, or -1/errno (EMSGSIZE: no room). */
 int tlsx_seal_alert(struct tlsx_sess *s, int alert, uint8_t *out, size_t cap, size_t *out_len);
+/* The same alert appended behind the *len bytes already queued in out[0..cap)
+ * (sent or not): 0 and *len grown by the record, or -1/errno (EMSGSIZE: no
+ * room behind them, EINVAL: *len > cap; *len unchanged). */
+int tlsx_queue_alert(struct tlsx_sess *s, int alert, uint8_t *out, size_t cap, size_t *len);
 /* Our own KeyUpdate (update_not_requested), then the new write key. */
 int tlsx_seal_key_update(struct tlsx_sess *s, uint8_t *out, size_t cap, size_t *out_len);
 

@@ -4,7 +4,8 @@
 second session as its client (the two directions swapped), and forges what
 no real client sends: records pipelined behind one still being handed out,
 floods of KeyUpdates and empty records, a TLSInnerPlaintext one byte over
-2^14 + 1, a state message with more pending plaintext than a worker buffers.
+2^14 + 1, a state message with more pending plaintext than a worker buffers,
+an alert due while a sealed record is half sent.
 It also looks in /proc/self/smaps for the MADV_DONTDUMP flag on the pages
 that hold the keys.
 """
@@ -17,7 +18,7 @@ PROG = "05-ssl/record_test"
 CASES = [
     "buffered_pipelined", "buffered_partial", "buffered_key_update",
     "flood_key_updates", "flood_under_cap", "flood_empty_records",
-    "inner_overflow", "state_pending_bound", "keys_not_dumped",
+    "inner_overflow", "state_pending_bound", "alert_behind_queue", "keys_not_dumped",
 ]
 
 

@@ -8,6 +8,7 @@
  */
 #define _GNU_SOURCE
 #include "../common/cli.h"
+#include "../common/escape.h"
 #include "ssl05.h"
 
 #include <errno.h>
@@ -75,7 +76,9 @@ static int client(struct nar *n, int port, int go_rd, X509 *cert, int mode)
 		}
 		reply[got] = '\0';
 		reply[strcspn(reply, "\n")] = '\0';
-		say(n, "sent \"%.*s\", got back \"%s\"", (int)strlen(lines[i]) - 1, lines[i], reply);
+		char shown[ESCAPED_CAP(sizeof reply)];
+		say(n, "sent \"%.*s\", got back \"%s\"", (int)strlen(lines[i]) - 1, lines[i],
+		    escape_bytes(shown, sizeof shown, reply, strlen(reply), 0));
 		char role[16] = "";
 		if (sscanf(reply, "[%15s", role) != 1 || strcmp(role, want[i]) != 0) {
 			say(n, "expected an answer from the %s", want[i]);

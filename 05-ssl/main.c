@@ -43,51 +43,6 @@ static const char usage[] =
 	"  --read-ahead         break it: let OpenSSL read ahead, so the handoff must fail closed\n"
 	"  --selftest           known-answer tests (RFC 8448 section 3) and exit\n" COMMON_USAGE;
 
-static int serve(struct nar *n, struct opts *o, SSL_CTX *ctx, int port)
-{
-	int lfd = listen_loopback(port, &port);
-	if (lfd < 0)
-		die("socket/bind/listen on 127.0.0.1:%d", port);
-	int sfd = signal_fd(0);
-	if (sfd < 0)
-		die("signalfd");
-	announce_listening(port);
-	say_ktls(n, o);
-	struct pool p = { 0 };
-	start_workers(n, o, ctx, &p, lfd, sfd);
-	say(n, "mode %s: every connection goes to a worker", mode_names[o->mode]);
-	for (;;) {
-		struct pollfd pf[2 + MAX_WORKERS] = { { .fd = lfd, .events = POLLIN },
-						       { .fd = sfd, .events = POLLIN } };
-		for (int i = 0; i < p.n; i++)
-			pf[2 + i] = (struct pollfd){ .fd = p.chan[i], .events = POLLIN };
-		if (poll(pf, (nfds_t)(2 + p.n), -1) < 0) { /* a client, a worker or a signal */
-			if (errno == EINTR)
-				continue;
-			die("poll");
-		}
-		if (pf[1].revents)
-			break;
-		for (int i = 0; i < p.n; i++)
-			if (p.chan[i] >= 0 && pf[2 + i].revents && read_done(&p, i) < 0)
-				say(n, "worker %d is gone", i);
-		if (!(pf[0].revents & POLLIN))
-			continue;
-		int conn = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-		if (conn < 0)
-			continue;
-		parent_handle(n, o, ctx, &p, conn);
-	}
-	say(n, "shutting down: closing the workers' channels");
-	for (int i = 0; i < p.n; i++)
-		if (p.pid[i] > 0)
-			kill(p.pid[i], SIGTERM);
-	stop_workers(&p);
-	close(sfd);
-	close(lfd);
-	return EXIT_LESSON;
-}
-
 int selftest(void); /* selftest.c */
 
 int main(int argc, char **argv)

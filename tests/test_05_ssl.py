@@ -16,6 +16,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -306,12 +307,20 @@ def test_cert_and_key_files(serve, tmp_path):
 
 
 class RawTLS:
-    def __init__(self, port, keylog=None):
+    """Every read is bounded: by the socket timeout for each recv, and by WAIT
+    for a whole line. End of stream where data was expected is an error."""
+
+    def __init__(self, port, keylog=None, handshake=True):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
         self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.obj = client_ctx(keylog).wrap_bio(self.inc, self.out, server_hostname="localhost")
         self.buf = b""
-        self._do(self.obj.do_handshake)
+        if handshake:
+            try:
+                self._do(self.obj.do_handshake)
+            except BaseException:
+                self.close()
+                raise
 
     def _flush(self):
         data = self.out.read()
@@ -319,6 +328,7 @@ class RawTLS:
             self.sock.sendall(data)
 
     def _do(self, fn, *args):
+        deadline = time.monotonic() + WAIT
         while True:
             try:
                 r = fn(*args)
@@ -326,11 +336,11 @@ class RawTLS:
                 return r
             except ssl.SSLWantReadError:
                 self._flush()
+                assert time.monotonic() < deadline, "no answer from the server in time"
                 data = self.sock.recv(65536)
-                if data:
-                    self.inc.write(data)
-                else:
-                    self.inc.write_eof()
+                if not data:
+                    raise EOFError("the server closed the connection where data was expected")
+                self.inc.write(data)
 
     def record(self, data):
         """The TLS record(s) for data, not sent."""
@@ -338,8 +348,13 @@ class RawTLS:
         return self.out.read()
 
     def readline(self):
+        deadline = time.monotonic() + WAIT
         while b"\n" not in self.buf:
-            self.buf += self._do(self.obj.read, 65536)
+            assert time.monotonic() < deadline, f"no whole line in time; had {self.buf!r}"
+            chunk = self._do(self.obj.read, 65536)
+            if not chunk:  # the peer's close_notify
+                raise EOFError(f"connection closed; had {self.buf!r}")
+            self.buf += chunk
         line, self.buf = self.buf.split(b"\n", 1)
         return line.decode()
 
@@ -735,3 +750,119 @@ def test_ktls_force_fails_and_auto_falls_back(serve):
         tls.unwrap().close()
     s.stop()
     assert len([l for l in s.lines if "kernel TLS" in l]) == 1  # said once, not per connection
+
+
+# ---------------------------------------------------------------------------
+# One slow client holds up no one; what the network sends is printed escaped;
+# the worker trusts no length in the state message
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["naive", "after-handshake"])
+def test_silent_clients_do_not_delay_the_others(serve, mode):
+    """Three clients that stall the parent's handshake or first line, each in
+    its own way, are open while a fourth is served. Before, the parent ran one
+    blocking SSL_accept and first-line read at a time, bounded by 30 s."""
+    s = serve(PROG, "--mode", mode)
+    silent = socket.create_connection(("127.0.0.1", s.port), timeout=WAIT)  # not a byte
+    half = socket.create_connection(("127.0.0.1", s.port), timeout=WAIT)
+    half.sendall(bytes([22, 3, 1, 0, 200, 1, 0]))  # a ClientHello's first 7 bytes
+    mute = RawTLS(s.port) if mode == "after-handshake" else None  # handshake, then no line
+    try:
+        start = time.monotonic()
+        raw = socket.create_connection(("127.0.0.1", s.port), timeout=10)  # far below 30 s
+        tls = client_ctx().wrap_socket(raw, server_hostname="localhost", do_handshake_on_connect=False)
+        with tls:
+            tls.do_handshake()
+            if mode == "naive":
+                tls.sendall(b"hello\n")
+                with pytest.raises(ssl.SSLError, match="WRONG_VERSION_NUMBER|wrong version number"):
+                    Lines(tls).readline()
+            else:
+                c = Lines(tls)
+                assert c.ask("past the silent ones")[0] == "parent"
+                assert c.ask("and on")[0] == "worker"
+                tls.unwrap().close()
+        assert time.monotonic() - start < 10
+    finally:
+        silent.close()
+        half.close()
+        if mute:
+            mute.close()
+
+
+def test_control_bytes_from_the_client_are_printed_escaped(serve, tmp_path):
+    trace = tmp_path / "t.jsonl"
+    s = serve(PROG, "--mode", "after-handshake", "--trace", trace)
+    c = RawTLS(s.port)
+    try:
+        c.sock.sendall(c.record(b"hi \x1b[31mred\x07 bell\x00nul \\ back\x7f\r\n"))
+        reply = c.readline()
+        assert reply == f"[parent {s.pid}] HI \x1b[31MRED\x07 BELL\x00NUL \\ BACK\x7f"  # data is data
+    finally:
+        c.close()
+    s.stop()
+    (said,) = [l for l in s.lines if "answered it" in l]
+    assert said.endswith(r'"[parent %d] HI \x1b[31MRED\x07 BELL\x00NUL \x5c BACK\x7f"' % s.pid)
+    for line in s.lines + s.err_lines:
+        assert not re.search(r"[\x00-\x1f\x7f]", line), f"a control byte reached the terminal: {line!r}"
+
+
+def _channels_of(pid):
+    """The SOCK_SEQPACKET descriptors of a process: the parent's ends of its
+    workers' channels (/proc/net/unix, type 0005)."""
+    seqpacket = set()
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        f = line.split()
+        if f[4] == "0005":
+            seqpacket.add(f[6])
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in seqpacket:
+            out.append(int(fd))
+    return out
+
+
+def _state(pending, suite=0x1301, secret=bytes(32)):
+    """A state message in handoff_state.h's format, with any pending length."""
+    d = bytes([len(secret)]) + secret + (0).to_bytes(8, "big")
+    return b"TLS3" + bytes([1]) + suite.to_bytes(2, "big") + d + d + len(pending).to_bytes(2, "big") + pending
+
+
+def test_forged_state_with_too_much_pending_plaintext_is_refused(serve, tmp_path):
+    """The worker bounds the pending plaintext by its own 16 KiB buffer. The
+    test takes a copy of the parent's end of a worker channel (pidfd_getfd(2))
+    and sends what a buggy parent could: 20,000 bytes, which the decoder
+    accepts (up to 32 KiB) and which used to overflow the worker's heap."""
+    import ctypes
+
+    trace = tmp_path / "t.jsonl"
+    s = serve(PROG, "--mode", "after-handshake", "--workers", "1", "--trace", trace)
+    s.wait_line(r"pre-forked 1 worker;")  # said once the channel is made
+    (chan,) = _channels_of(s.pid)
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(s.pid)
+    try:
+        fd = libc.syscall(438, pidfd, chan, 0)  # pidfd_getfd
+        assert fd >= 0, os.strerror(ctypes.get_errno())
+    finally:
+        os.close(pidfd)
+    a, b = socket.socketpair()
+    with socket.socket(fileno=fd) as ch, a:
+        socket.send_fds(ch, [b"A" + _state(b"x" * 20000)], [b.fileno()])
+        b.close()
+        a.settimeout(WAIT)
+        assert a.recv(1) == b""  # the worker closed the connection without a word
+    s.wait_line(r"^\[worker \d+\] the state carries 20000 bytes of plaintext, my buffer holds 16384")
+    # and it lives on: a real connection is served
+    with connect(s.port, client_ctx()) as tls:
+        c = Lines(tls)
+        assert c.ask("a")[0] == "parent" and c.ask("b")[0] == "worker"
+        tls.unwrap().close()
+    s.stop()
+    (bad,) = events(read_trace(trace), "worker", "bad_state")
+    assert (bad["pending"], bad["cap"]) == (20000, 16384)

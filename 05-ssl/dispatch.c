@@ -20,6 +20,8 @@
  */
 #define _GNU_SOURCE
 #include "../common/cli.h"
+#include "../common/escape.h"
+#include "sni.h"
 #include "ssl05.h"
 
 #include <errno.h>
@@ -28,6 +30,8 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -114,11 +118,12 @@ void parent_handle(struct nar *n, const struct opts *o, SSL_CTX *ctx, struct poo
 
 /* ---- the --serve loop ------------------------------------------------- */
 
-enum { FREE, HANDSHAKING, KEPT };
+enum { FREE, PEEKING, HANDSHAKING, KEPT };
 
 struct slot {
-	struct pconn *pc;
 	int state;
+	int fd;             /* the connection */
+	struct pconn *pc;   /* HANDSHAKING, KEPT: its TLS side (pc->fd == fd) */
 	long long deadline; /* CLOCK_MONOTONIC ms: closed when reached */
 };
 
@@ -131,14 +136,114 @@ static long long now_ms(void)
 
 static void drop(struct slot *s)
 {
-	pconn_free(s->pc);
-	*s = (struct slot){ .state = FREE };
+	if (s->pc)
+		pconn_free(s->pc); /* closes s->fd too */
+	else
+		close(s->fd);
+	*s = (struct slot){ .state = FREE, .fd = -1 };
+}
+
+/* The next live worker after the last one picked, or -1. */
+static int round_robin(struct pool *p)
+{
+	for (int k = 0; k < p->n; k++) {
+		int i = (p->next + k) % p->n;
+		if (p->chan[i] >= 0) {
+			p->next = i + 1;
+			return i;
+		}
+	}
+	return -1;
+}
+
+/*
+ * --route-by-sni: looks at the ClientHello on s->fd without consuming a byte
+ * and chooses its worker by server_name. Returns the worker (>= 0), -1 to
+ * wait for more bytes, -2 to close the connection (said and traced).
+ */
+static int peek_route(const struct nar *n, const struct opts *o, struct pool *p, struct slot *s)
+{
+	uint8_t buf[SNI_PEEK_CAP];
+	char name[SNI_MAX_NAME + 1], shown[ESCAPED_CAP(SNI_MAX_NAME)];
+	size_t name_len = 0;
+	const char *why;
+	/* lesson: peek_client_hello */
+	/* MSG_PEEK copies what the socket holds and leaves it there: the worker's
+	 * SSL_accept will read the very same ClientHello. */
+	ssize_t got = recv(s->fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
+	if (got < 0 && (errno == EAGAIN || errno == EINTR))
+		return -1;
+	if (got <= 0) {
+		say(n, "fd %d closed before a whole ClientHello: closing it", s->fd);
+		ev(n, "sni", NULL, "outcome=closed");
+		return -2;
+	}
+	enum sni_result r = sni_parse(buf, (size_t)got, name, &name_len, &why);
+	if (r == SNI_MORE && (size_t)got == sizeof buf) {
+		r = SNI_GARBAGE;
+		why = "no whole ClientHello in 32 KiB";
+	}
+	/* Part of a hello and the client's side shut: the bytes stay readable,
+	 * so only POLLRDHUP tells that no more will come. */
+	struct pollfd hup = { .fd = s->fd, .events = POLLRDHUP };
+	if (r == SNI_MORE && poll(&hup, 1, 0) == 1 && (hup.revents & POLLRDHUP)) {
+		say(n, "fd %d closed before a whole ClientHello: closing it", s->fd);
+		ev(n, "sni", NULL, "outcome=closed");
+		return -2;
+	}
+	if (r == SNI_MORE) {
+		say(n, "fd %d: %zd bytes of ClientHello so far, waiting for %s", s->fd, got, why);
+		ev(n, "sni", NULL, "outcome=more bytes=%zd", got);
+		/* poll() would report the same unread bytes at once, again and again:
+		 * SO_RCVLOWAT makes it wait for at least one byte more. */
+		int low = (int)got + 1;
+		setsockopt(s->fd, SOL_SOCKET, SO_RCVLOWAT, &low, sizeof low);
+		return -1;
+	}
+	/* end lesson */
+	if (r == SNI_GARBAGE) {
+		say(n, "fd %d: not a TLS ClientHello (%s): closing it", s->fd, why);
+		ev(n, "sni", NULL, "outcome=garbage");
+		return -2;
+	}
+	int w = -1;
+	for (int i = 0; r == SNI_FOUND && i < o->nroutes && w < 0; i++)
+		if (strlen(o->routes[i].name) == name_len && strncasecmp(o->routes[i].name, name, name_len) == 0)
+			w = o->routes[i].worker;
+	int routed = w >= 0 && w < p->n && p->chan[w] >= 0;
+	if (!routed)
+		w = round_robin(p);
+	escape_bytes(shown, sizeof shown, name, r == SNI_FOUND ? name_len : 0, ESCAPE_SPACE);
+	say(n, "fd %d: server_name %s%s%s: worker %d, by %s; nothing read, the ClientHello waits there",
+	    s->fd, r == SNI_FOUND ? "\"" : "", r == SNI_FOUND ? shown : "absent",
+	    r == SNI_FOUND ? "\"" : "", w, routed ? "--route" : "round-robin");
+	ev(n, "route", NULL, "sni=%s worker=%d by=%s", r == SNI_FOUND ? shown : "-", w,
+	   routed ? "route" : "round_robin");
+	/* SO_RCVLOWAT belongs to the socket, which the worker shares: back to 1. */
+	int one = 1;
+	setsockopt(s->fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof one);
+	return w < 0 ? -2 : w;
 }
 
 /* Moves one connection on: its socket is ready, or its deadline passed. */
 static void advance(struct nar *n, const struct opts *o, struct pool *p, struct slot *s)
 {
 	int late = now_ms() >= s->deadline;
+	if (s->state == PEEKING) {
+		int w = late ? -2 : peek_route(n, o, p, s);
+		if (late) {
+			say(n, "fd %d: no whole ClientHello within %d s: closing it", s->fd, IDLE_MS / 1000);
+			ev(n, "sni", NULL, "outcome=timeout");
+		}
+		if (w == -1)
+			return;
+		if (w >= 0) {
+			hand_off_before(n, p, w, s->fd); /* closes our copy */
+			s->fd = -1;
+		}
+		drop(s);
+		return;
+	}
 	if (s->state == HANDSHAKING) {
 		if (late) {
 			say(n, "fd %d: no handshake and first line within %d s: closing it", s->pc->fd,
@@ -176,7 +281,7 @@ static void arrive(struct nar *n, const struct opts *o, SSL_CTX *ctx, struct poo
 		   struct slot *slots, int conn)
 {
 	setup_conn(conn);
-	if (o->mode == MODE_BEFORE) {
+	if (o->mode == MODE_BEFORE && !o->route_by_sni) {
 		hand_off_before(n, p, pick_worker(p), conn);
 		return;
 	}
@@ -184,13 +289,19 @@ static void arrive(struct nar *n, const struct opts *o, SSL_CTX *ctx, struct poo
 	for (int i = 0; i < MAX_CONNS && !s; i++)
 		if (slots[i].state == FREE)
 			s = &slots[i];
-	struct pconn *pc = s ? pconn_new(n, ctx, conn) : NULL;
-	if (!s)
+	if (!s) {
 		close(conn); /* not reached: the listener is not polled when full */
+		return;
+	}
+	if (o->mode == MODE_BEFORE) {
+		*s = (struct slot){ .state = PEEKING, .fd = conn, .deadline = now_ms() + IDLE_MS };
+		return;
+	}
+	struct pconn *pc = pconn_new(n, ctx, conn);
 	if (!pc)
 		return;
 	set_nonblocking(conn, 1);
-	*s = (struct slot){ .pc = pc, .state = HANDSHAKING, .deadline = now_ms() + IDLE_MS };
+	*s = (struct slot){ .state = HANDSHAKING, .fd = conn, .pc = pc, .deadline = now_ms() + IDLE_MS };
 }
 
 int serve(struct nar *n, struct opts *o, SSL_CTX *ctx, int port)
@@ -220,8 +331,9 @@ int serve(struct nar *n, struct opts *o, SSL_CTX *ctx, int port)
 				continue;
 			used++;
 			/* OpenSSL says which way it is stuck (a handshake may want to write). */
-			short want = slots[i].pc->ssl && SSL_want_write(slots[i].pc->ssl) ? POLLOUT : POLLIN;
-			pf[BASE + i] = (struct pollfd){ .fd = slots[i].pc->fd, .events = want };
+			struct pconn *pc = slots[i].pc;
+			short want = pc && pc->ssl && SSL_want_write(pc->ssl) ? POLLOUT : POLLIN;
+			pf[BASE + i] = (struct pollfd){ .fd = slots[i].fd, .events = want };
 			long long left = slots[i].deadline - now;
 			int ms = left < 0 ? 0 : (int)left;
 			if (timeout < 0 || ms < timeout)

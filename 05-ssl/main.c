@@ -8,6 +8,7 @@
 #define _GNU_SOURCE
 #include "../common/cli.h"
 #include "ktls.h"
+#include "sni.h"
 #include "ssl05.h"
 
 #include <errno.h>
@@ -41,14 +42,31 @@ static const char usage[] =
 	"                       (default: the suite's AEAD limit)\n"
 	"  --bad-seq            break it: hand over a write sequence number one too low\n"
 	"  --read-ahead         break it: let OpenSSL read ahead, so the handoff must fail closed\n"
+	"  --route-by-sni       --serve, before-handshake: peek at the ClientHello's server_name\n"
+	"  --route NAME=N       ... and send NAME to worker N (0-based; repeatable); others\n"
+	"                       (no name, an unknown one) go round-robin\n"
 	"  --selftest           known-answer tests (RFC 8448 section 3) and exit\n" COMMON_USAGE;
 
 int selftest(void); /* selftest.c */
 
+/* --route NAME=N: a server_name and the worker index it goes to. */
+static void add_route(struct opts *o, char *arg)
+{
+	char *eq = strrchr(arg, '=');
+	if (!eq || eq == arg || eq - arg > SNI_MAX_NAME)
+		usage_error("--route: expected NAME=N, got '%s'", arg);
+	if (o->nroutes == MAX_ROUTES)
+		usage_error("--route: at most %d routes", MAX_ROUTES);
+	*eq = '\0';
+	o->routes[o->nroutes].name = arg;
+	o->routes[o->nroutes].worker = (int)parse_long("--route", eq + 1, 0, MAX_WORKERS - 1);
+	o->nroutes++;
+}
+
 int main(int argc, char **argv)
 {
 	enum { OPT_MODE = OPT_STAGE, OPT_WORKERS, OPT_KTLS, OPT_SUITES, OPT_TICKETS, OPT_CERT, OPT_KEY,
-	       OPT_BADSEQ, OPT_READAHEAD, OPT_REKEY, OPT_SELFTEST };
+	       OPT_BADSEQ, OPT_READAHEAD, OPT_REKEY, OPT_SELFTEST, OPT_BYSNI, OPT_ROUTE };
 	static const struct option longopts[] = {
 		COMMON_LONGOPTS,
 		{ "mode", required_argument, NULL, OPT_MODE },
@@ -62,6 +80,8 @@ int main(int argc, char **argv)
 		{ "read-ahead", no_argument, NULL, OPT_READAHEAD },
 		{ "rekey-after", required_argument, NULL, OPT_REKEY },
 		{ "selftest", no_argument, NULL, OPT_SELFTEST },
+		{ "route-by-sni", no_argument, NULL, OPT_BYSNI },
+		{ "route", required_argument, NULL, OPT_ROUTE },
 		{ 0 },
 	};
 	struct common_opts co = { 0 };
@@ -82,11 +102,19 @@ int main(int argc, char **argv)
 		case OPT_READAHEAD: o.read_ahead = 1; break;
 		case OPT_REKEY: o.rekey_after = (uint64_t)parse_long("--rekey-after", optarg, 2, 1L << 30); break;
 		case OPT_SELFTEST: self = 1; break;
+		case OPT_BYSNI: o.route_by_sni = 1; break;
+		case OPT_ROUTE: add_route(&o, optarg); break;
 		}
 	}
 	common_done(&co, argc, argv, usage);
 	if (!o.cert != !o.key)
 		usage_error("--cert and --key go together");
+	if ((o.route_by_sni || o.nroutes) && (!co.serve || o.mode != MODE_BEFORE || !o.route_by_sni))
+		usage_error("--route-by-sni (and --route) go with --serve --mode before-handshake");
+	for (int i = 0; i < o.nroutes; i++)
+		if (o.routes[i].worker >= o.workers)
+			usage_error("--route %s=%d: there are workers 0..%d", o.routes[i].name,
+				    o.routes[i].worker, o.workers - 1);
 	if (self)
 		return selftest();
 	signal(SIGPIPE, SIG_IGN); /* a client that left is an EPIPE, handled where it happens */

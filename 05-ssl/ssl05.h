@@ -30,6 +30,7 @@
 #include <openssl/ssl.h>
 
 #define MAX_WORKERS 16
+#define MAX_ROUTES 16
 #define LINE_CAP REC_MAX_PLAIN
 #define IDLE_MS (WAIT_MS * 3) /* a silent client is dropped after this */
 
@@ -53,6 +54,12 @@ struct opts {
 	int read_ahead;
 	uint64_t rekey_after;   /* 0: the AEAD limit of the suite */
 	int go_fd;              /* demo only: tells the client "your turn" (-1 otherwise) */
+	int route_by_sni;       /* before-handshake: peek at the ClientHello first */
+	int nroutes;
+	struct route {
+		const char *name; /* a server_name, compared without case */
+		int worker;       /* 0-based worker index */
+	} routes[MAX_ROUTES];
 };
 
 /* ---- lines.c: the line protocol and small helpers ----------------------- */
@@ -107,6 +114,7 @@ struct pool {
 	pid_t pid[MAX_WORKERS];
 	int chan[MAX_WORKERS]; /* our end of each worker's SOCK_SEQPACKET channel */
 	int busy[MAX_WORKERS]; /* connections handed over and not yet reported done */
+	int next;              /* round-robin: the worker after the last one picked */
 };
 
 void start_workers(struct nar *n, const struct opts *o, SSL_CTX *ctx, struct pool *p, int lfd, int sfd);

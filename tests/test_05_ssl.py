@@ -310,10 +310,10 @@ class RawTLS:
     """Every read is bounded: by the socket timeout for each recv, and by WAIT
     for a whole line. End of stream where data was expected is an error."""
 
-    def __init__(self, port, keylog=None, handshake=True):
+    def __init__(self, port, keylog=None, handshake=True, name="localhost"):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
         self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.obj = client_ctx(keylog).wrap_bio(self.inc, self.out, server_hostname="localhost")
+        self.obj = client_ctx(keylog).wrap_bio(self.inc, self.out, server_hostname=name)
         self.buf = b""
         if handshake:
             try:
@@ -866,3 +866,156 @@ def test_forged_state_with_too_much_pending_plaintext_is_refused(serve, tmp_path
     s.stop()
     (bad,) = events(read_trace(trace), "worker", "bad_state")
     assert (bad["pending"], bad["cap"]) == (20000, 16384)
+
+
+# ---------------------------------------------------------------------------
+# --route-by-sni: the server_name, peeked before the handshake
+# ---------------------------------------------------------------------------
+
+SNI_CHECK = "05-ssl/sni_check"
+ROUTES = ["--route", "a.test=1", "--route", "B.TEST=0"]
+
+
+def _client_hello(name):
+    """The ClientHello Python's ssl writes for server_hostname=name."""
+    obj = client_ctx().wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname=name)
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return out.read()
+
+
+def _reframe(wire, pieces):
+    """The same handshake bytes in `pieces` records instead of one."""
+    assert wire[0] == 22 and int.from_bytes(wire[3:5], "big") == len(wire) - 5
+    body, out = wire[5:], b""
+    step = -(-len(body) // pieces)
+    for i in range(0, len(body), step):
+        chunk = body[i : i + step]
+        out += wire[:3] + len(chunk).to_bytes(2, "big") + chunk
+    return out
+
+
+def _sni_check(data):
+    r = subprocess.run([str(ROOT / SNI_CHECK)], input=data, capture_output=True, timeout=WAIT)
+    assert r.returncode == 0 and not r.stderr
+    return r.stdout.decode().strip()
+
+
+def test_sni_parser_on_whole_cut_reframed_and_bad_hellos():
+    hello = _client_hello("a.test")
+    assert _sni_check(hello) == "found a.test"
+    assert _sni_check(_reframe(hello, 5)) == "found a.test"  # a ClientHello over five records
+    assert _sni_check(_client_hello(None)) == "absent"
+    for cut in (0, 3, 5, 6, 100, len(hello) - 1):  # every prefix wants more, none is garbage
+        assert _sni_check(hello[:cut]).startswith("more: "), cut
+    assert _sni_check(_reframe(hello, 5)[:200]).startswith("more: ")
+    assert _sni_check(b"GET / HTTP/1.1\r\n\r\n").startswith("garbage: ")
+    assert _sni_check(bytes([22, 3, 1, 0, 4, 2, 0, 0, 0])).startswith("garbage: ")  # a ServerHello
+    assert _sni_check(bytes([22, 3, 1, 0x40, 0x01]) + bytes(10)).startswith("garbage: ")  # 2^14 + 1
+    assert _sni_check(bytes([22, 3, 1, 0, 5, 1, 0, 0, 1, 3])).startswith("garbage: ")  # cut inside
+    # a name with control bytes and a space is printed escaped
+    evil = hello.replace(b"a.test", b"a\x1b[m \x07")  # same length: the lengths stay right
+    assert _sni_check(evil) == r"found a\x1b[m\x20\x07"
+
+
+def _ask_named(port, name, text="hello"):
+    raw = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    with client_ctx().wrap_socket(raw, server_hostname=name, do_handshake_on_connect=False) as tls:
+        tls.do_handshake()
+        role, pid, reply = Lines(tls).ask(text)
+        tls.unwrap().close()
+    assert (role, reply) == ("worker", text.upper())
+    return pid
+
+
+def _routes(trace):
+    """(sni, worker index, pid of the worker that then received the fd)."""
+    out, t = [], read_trace(trace)
+    for i, e in enumerate(t):
+        if e["role"] == "parent" and e["event"] == "route":
+            (got,) = [r for r in t[i:] if r["role"] == "worker" and r["event"] == "received"][:1]
+            out.append((e["sni"], e["worker"], got["pid"]))
+    return out
+
+
+def test_route_by_sni_with_python_ssl_under_two_names(serve, tmp_path):
+    trace = tmp_path / "t.jsonl"
+    s = serve(PROG, "--mode", "before-handshake", "--route-by-sni", *ROUTES, "--trace", trace)
+    pids = [_ask_named(s.port, n) for n in ("a.test", "b.test", "A.Test", "b.test")]
+    assert pids[0] == pids[2] != pids[1] == pids[3]  # case does not matter in a DNS name
+    s.stop()
+    r = _routes(trace)
+    assert [(sni, w) for sni, w, _ in r] == [("a.test", 1), ("b.test", 0), ("A.Test", 1), ("b.test", 0)]
+    assert [pid for _, _, pid in r] == pids  # the worker the parent named is the one that answered
+    assert all(e["by"] == "route" for e in events(read_trace(trace), "parent", "route"))
+
+
+def test_route_by_sni_unknown_and_absent_names_go_round_robin(serve, tmp_path):
+    trace = tmp_path / "t.jsonl"
+    s = serve(PROG, "--mode", "before-handshake", "--route-by-sni", *ROUTES, "--trace", trace)
+    pids = [_ask_named(s.port, n) for n in (None, "other.test", None, "other.test")]
+    assert pids[0] == pids[2] != pids[1] == pids[3]
+    s.stop()
+    routes = events(read_trace(trace), "parent", "route")
+    assert [(e["sni"], e["worker"], e["by"]) for e in routes] == [
+        ("-", 0, "round_robin"), ("other.test", 1, "round_robin"),
+        ("-", 0, "round_robin"), ("other.test", 1, "round_robin")]
+
+
+def test_route_by_sni_hello_split_over_records_and_segments(serve, tmp_path):
+    """Three records, sent in two TCP writes; the second only once the parent
+    has said it is waiting for more. It consumed nothing: the worker's
+    OpenSSL reads the whole ClientHello and the handshake completes."""
+    trace = tmp_path / "t.jsonl"
+    s = serve(PROG, "--mode", "before-handshake", "--route-by-sni", *ROUTES, "--trace", trace)
+    c = RawTLS(s.port, handshake=False, name="a.test")
+    try:
+        with pytest.raises(ssl.SSLWantReadError):
+            c.obj.do_handshake()
+        wire = _reframe(c.out.read(), 3)
+        c.sock.sendall(wire[:150])
+        s.wait_line(r"^\[parent \d+\] fd \d+: 150 bytes of ClientHello so far, waiting for ")
+        c.sock.sendall(wire[150:])
+        c._do(c.obj.do_handshake)
+        c.sock.sendall(c.record(b"split\n"))
+        m = REPLY.match(c.readline())
+        assert m and (m.group(1), m.group(3)) == ("worker", "SPLIT")
+    finally:
+        c.close()
+    s.stop()
+    assert _routes(trace) == [("a.test", 1, int(m.group(2)))]
+    assert [e["bytes"] for e in events(read_trace(trace), "parent", "sni")] == [150]
+
+
+def test_route_by_sni_garbage_and_early_close_are_closed(serve, tmp_path):
+    trace = tmp_path / "t.jsonl"
+    s = serve(PROG, "--mode", "before-handshake", "--route-by-sni", *ROUTES, "--trace", trace)
+    with socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) as g:
+        g.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        try:
+            assert g.recv(100) == b""
+        except ConnectionResetError:  # closed with our bytes unread: a reset
+            pass
+    s.wait_line(r"^\[parent \d+\] fd \d+: not a TLS ClientHello \(the first record is not a handshake")
+    with socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) as e:
+        e.sendall(_client_hello("a.test")[:50])
+        s.wait_line(r"50 bytes of ClientHello so far")
+        e.shutdown(socket.SHUT_WR)
+        try:
+            assert e.recv(100) == b""
+        except ConnectionResetError:
+            pass
+    s.wait_line(r"^\[parent \d+\] fd \d+ closed before a whole ClientHello")
+    assert _ask_named(s.port, "a.test")  # and the server goes on
+    s.stop()
+    outcomes = [e["outcome"] for e in events(read_trace(trace), "parent", "sni")]
+    assert outcomes == ["garbage", "more", "closed"]
+    assert len(events(read_trace(trace), "parent", "handoff")) == 1  # only the good one
+
+
+def test_route_arguments():
+    assert "before-handshake" in run(PROG, "--serve", "--route-by-sni", expect=2).stderr
+    assert run(PROG, "--serve", "--mode", "before-handshake", "--route-by-sni", "--route", "x=2",
+               expect=2).stderr.strip()
+    assert run(PROG, "--serve", "--mode", "before-handshake", "--route-by-sni", "--route", "x",
+               expect=2).stderr.strip()

@@ -137,8 +137,8 @@ void take_over(const struct nar *n, const struct opts *o, int conn, struct hando
 	/* What the parent had decrypted and not yet answered comes first. The
 	 * message says how much; the buffer it lands in says how much may. */
 	if (st->pending_len > sizeof t->l.buf) {
-		say(n, "the state carries %zu bytes of plaintext, my buffer holds %zu: closing fd %d",
-		    st->pending_len, sizeof t->l.buf, conn);
+		say(n, "the state carries %zu bytes of plaintext, my buffer holds %zu: "
+		       "closing fd %d", st->pending_len, sizeof t->l.buf, conn);
 		ev(n, "bad_state", NULL, "pending=%zu cap=%zu", st->pending_len, sizeof t->l.buf);
 		hs_wipe(st);
 		goto out;
@@ -155,8 +155,8 @@ void take_over(const struct nar *n, const struct opts *o, int conn, struct hando
 	say(n, "took over the TLS 1.3 session on fd %d: %s, next record to read #%" PRIu64
 	       ", next to write #%" PRIu64 ", %zu bytes the parent had already decrypted",
 	    conn, suite, rd_seq, wr_seq, pending);
-	ev(n, "resume", NULL, "suite=%s read_seq=%" PRIu64 " write_seq=%" PRIu64 " pending=%zu", suite,
-	   rd_seq, wr_seq, pending);
+	ev(n, "resume", NULL, "read_seq=%" PRIu64 " write_seq=%" PRIu64 " pending=%zu", rd_seq, wr_seq,
+	   pending);
 	if (!(o->ktls_ok && worker_ktls(t)))
 		worker_record_loop(t); /* records in, replies out, until the end */
 out:
@@ -266,6 +266,7 @@ static int export_and_hand_over(const struct nar *n, const struct opts *o, struc
 	st.pending_len = l->len;
 	memcpy(st.pending, l->buf, l->len);
 	int tickets = pc->c->tickets;
+	uint64_t written = pc->c->wr_records, got = pc->c->rd_records;
 	OPENSSL_cleanse(l, sizeof *l);
 	tlsx_capture_wipe(pc->c);
 	uint8_t msg[1 + HS_MAX_ENCODED];
@@ -276,13 +277,13 @@ static int export_and_hand_over(const struct nar *n, const struct opts *o, struc
 		hs_wipe(&st);
 		return 0; /* the state is gone: close rather than guess */
 	}
-	say(n, "exporting the session: %s, read seq %" PRIu64 ", write seq %" PRIu64
-	       " (%d ticket%s and my reply went out under this key), %zu bytes of decrypted "
-	       "plaintext; the secrets go into the message, never on screen",
-	    rec_suite_name(suite), st.rd.seq, st.wr.seq, tickets, tickets == 1 ? "" : "s",
-	    st.pending_len);
-	ev(n, "export", NULL, "suite=%s read_seq=%" PRIu64 " write_seq=%" PRIu64 " pending=%zu",
-	   rec_suite_name(suite), st.rd.seq, st.wr.seq, st.pending_len);
+	say(n, "exporting the session: %s; next record to read #%" PRIu64 " (I read %" PRIu64
+	       "), next to write #%" PRIu64 " (I wrote %" PRIu64 ": %d ticket%s and my reply); "
+	       "%zu bytes of decrypted plaintext; the secrets go into the message, never on screen",
+	    rec_suite_name(suite), st.rd.seq, got, st.wr.seq, written, tickets,
+	    tickets == 1 ? "" : "s", st.pending_len);
+	ev(n, "export", NULL, "read_seq=%" PRIu64 " write_seq=%" PRIu64 " pending=%zu", st.rd.seq,
+	   st.wr.seq, st.pending_len);
 	hs_wipe(&st);
 	/* lesson: quiet_free_and_send */
 	/* Free without a byte on the wire: SSL_shutdown would send close_notify

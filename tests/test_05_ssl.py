@@ -123,8 +123,8 @@ def test_demo_all_three_modes(tmp_path):
     (exp,) = events(t, "parent", "export")
     (res,) = events(t, "worker", "resume")
     assert (exp["read_seq"], exp["write_seq"]) == (1, 3)  # 1 line in; 2 tickets + 1 reply out
-    assert {k: exp[k] for k in ("suite", "read_seq", "write_seq", "pending")} == {
-        k: res[k] for k in ("suite", "read_seq", "write_seq", "pending")
+    assert {k: exp[k] for k in ("read_seq", "write_seq", "pending")} == {
+        k: res[k] for k in ("read_seq", "write_seq", "pending")
     }
     replies = [l for l in r.narration("client") if "got back" in l]
     assert len(replies) == 4  # before: 2 from the worker; after: parent, then worker
@@ -180,7 +180,7 @@ def test_python_after_handshake_each_suite_no_secret_leaks(serve, tmp_path, suit
         tls.unwrap().close()
     t = read_trace(trace)
     assert events(t, "worker", "close_notify")
-    assert events(t, "parent", "export")[0]["suite"] == suite
+    assert events(t, "parent", "handshake")[0]["suite"] == suite and events(t, "parent", "export")
     s.stop()
     found = secrets_in(keylog)
     assert len(found) >= 4  # handshake and traffic secrets, both sides
@@ -834,10 +834,13 @@ def _state(pending, suite=0x1301, secret=bytes(32)):
 
 
 def test_forged_state_with_too_much_pending_plaintext_is_refused(serve, tmp_path):
-    """The worker bounds the pending plaintext by its own 16 KiB buffer. The
-    test takes a copy of the parent's end of a worker channel (pidfd_getfd(2))
-    and sends what a buggy parent could: 20,000 bytes, which the decoder
-    accepts (up to 32 KiB) and which used to overflow the worker's heap."""
+    """The test takes a copy of the parent's end of a worker channel
+    (pidfd_getfd(2)) and sends what a buggy parent could: a state with 20,000
+    bytes of pending plaintext. That once passed the decoder (32 KiB then) and
+    overflowed the worker's 16 KiB line buffer. Now the message is refused
+    (the decoder allows one record, the buffer's size, and take_over() checks
+    the buffer again), the connection is closed without a word, and the
+    worker lives on."""
     import ctypes
 
     trace = tmp_path / "t.jsonl"
@@ -857,15 +860,14 @@ def test_forged_state_with_too_much_pending_plaintext_is_refused(serve, tmp_path
         b.close()
         a.settimeout(WAIT)
         assert a.recv(1) == b""  # the worker closed the connection without a word
-    s.wait_line(r"^\[worker \d+\] the state carries 20000 bytes of plaintext, my buffer holds 16384")
+    s.wait_line(r"^\[worker \d+\] a message I cannot decode \(\d+ bytes\): closing fd \d+")
     # and it lives on: a real connection is served
     with connect(s.port, client_ctx()) as tls:
         c = Lines(tls)
         assert c.ask("a")[0] == "parent" and c.ask("b")[0] == "worker"
         tls.unwrap().close()
     s.stop()
-    (bad,) = events(read_trace(trace), "worker", "bad_state")
-    assert (bad["pending"], bad["cap"]) == (20000, 16384)
+    assert not events(read_trace(trace), "worker", "resume")[:-1]  # only the real one resumed
 
 
 # ---------------------------------------------------------------------------
@@ -1019,3 +1021,42 @@ def test_route_arguments():
                expect=2).stderr.strip()
     assert run(PROG, "--serve", "--mode", "before-handshake", "--route-by-sni", "--route", "x",
                expect=2).stderr.strip()
+
+
+def test_a_flood_of_key_updates_gets_unexpected_message(serve, tmp_path):
+    """40 KeyUpdates in a row, each under the key the one before it made, and
+    no data: the 33rd record without application data is one too many
+    (tls_export.h, TLSX_MAX_EMPTY_RECORDS), answered with unexpected_message."""
+    import cryptography  # noqa: F401  (make test installs python3-cryptography)
+
+    trace, keylog = tmp_path / "t.jsonl", tmp_path / "keylog"
+    s = serve(PROG, "--mode", "after-handshake", "--ciphersuites", "TLS_AES_128_GCM_SHA256", "--trace", trace)
+    c = RawTLS(s.port, keylog)
+    try:
+        c.sock.sendall(c.record(b"hello\n"))  # record 0 under the client's application key
+        assert c.readline().startswith("[parent ")
+        (line,) = [l for l in Path(keylog).read_text().splitlines() if l.startswith("CLIENT_TRAFFIC_SECRET_0 ")]
+        secret, seq, flood = bytes.fromhex(line.split()[2]), 1, b""
+        for _ in range(40):
+            flood += _forged_record(secret, seq, bytes([24, 0, 0, 1, 0, 22]))  # update_not_requested
+            secret, seq = _hkdf_expand_label(secret, b"traffic upd", 32), 0  # RFC 8446 7.2
+        c.sock.sendall(flood)
+        _alert_from_worker(c, trace, "unexpected_message")
+    finally:
+        c.close()
+    assert len(events(read_trace(trace), "worker", "peer_key_update")) == 32
+
+
+def test_read_ahead_demo_visibly_fails_closed(tmp_path):
+    """The built-in client sends both lines in one write right after the
+    handshake, so read-ahead takes the second record in: the parent refuses
+    the handoff and answers both itself (before, this demo showed a handoff
+    that worked, as if the switch broke nothing)."""
+    trace = tmp_path / "t.jsonl"
+    r = run(PROG, "--mode", "after-handshake", "--read-ahead", "--trace", trace)
+    assert r.result() == {"after-handshake": "kept_by_parent"}
+    t = read_trace(trace)
+    assert [e["why"] for e in events(t, "parent", "refuse")] == ["read_ahead"]
+    assert not events(t, "parent", "handoff") and not events(t, "worker", "received")
+    replies = [l for l in r.narration("client") if "got back" in l]
+    assert len(replies) == 2 and all("got back \"[parent " in l for l in replies)

@@ -142,7 +142,8 @@ int take_over(struct gen *g)
 			errno = EPROTO;
 			return -1;
 		}
-		hold_here(g, "before bind");
+		if (g->strategy == ST_STOP_START)
+			hold_here(g, "before bind");
 		g->lfd = bind_listener(g->strategy, g->port, NULL);
 		if (g->lfd < 0)
 			return -1;
@@ -154,10 +155,12 @@ int take_over(struct gen *g)
 		setrlimit(RLIMIT_CORE, &(struct rlimit){ 0, 0 });
 		abort();
 	}
-	hold_here(g, "before READY");
+	if (g->strategy == ST_HANDOFF)
+		hold_here(g, "before READY");
 	char old[16];
 	snprintf(old, sizeof old, "gen%d", g->generation - 1);
 	ev(&g->n, "ready", old, NULL);
+	notify(g, "ready %d %d %d", g->generation, (int)getpid(), g->port);
 	if (write_pid_file(g) < 0 || send_msg(g->chan, "READY") < 0)
 		return -1;
 	g->up = UP_TAKING;

@@ -175,7 +175,8 @@ int main(int argc, char **argv)
 		say(&g.n, "generation %d: ready, serving on 127.0.0.1:%d", g.generation, g.port);
 	}
 	g.accepting = 1;
-	notify(&g, "ready %d %d %d", g.generation, (int)getpid(), g.port);
+	if (g.generation == 1)
+		notify(&g, "ready %d %d %d", g.generation, (int)getpid(), g.port);
 	int rc = gen_serve(&g);
 	int saved = errno;
 	close(g.sigfd);

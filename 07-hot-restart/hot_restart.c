@@ -49,7 +49,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-/* ---- 1. who is at the other end of the upgrade channel ----------------- */
+/* ---- 1. who is at the other end of the upgrade channel ------------------ */
 
 /* Checks the peer of chan: our uid, and the pid we expect. Owns nothing. */
 /* lesson: check_upgrade_peer */
@@ -103,12 +103,9 @@ int hand_over_listener(struct gen *g)
 /* lesson: take_over */
 int take_over(struct gen *g)
 {
-	char name[64], msg[MSG_MAX];
-	upgrade_name(name, sizeof name, g->old_pid);
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	/* An abstract name: a leading NUL, no file to clean up after a crash. */
-	memcpy(sa.sun_path + 1, name, strlen(name));
-	socklen_t salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name));
+	char msg[MSG_MAX];
+	struct sockaddr_un sa;
+	socklen_t salen = upgrade_addr(&sa, g->old_pid); /* "\0hot-restart.<old pid>" */
 	g->chan = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 	if (g->chan < 0 || connect(g->chan, (struct sockaddr *)&sa, salen) < 0)
 		return -1;

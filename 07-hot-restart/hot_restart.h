@@ -18,7 +18,9 @@
 #include "../common/narrate.h"
 
 #include <stddef.h>
+#include <sys/socket.h>
 #include <sys/types.h>
+#include <sys/un.h>
 
 enum strategy { ST_HANDOFF, ST_STOP_START, ST_REUSEPORT, ST_REUSEPORT_MIGRATE };
 extern const char *const strategy_names[]; /* "handoff", ... NULL */
@@ -35,6 +37,7 @@ struct conn {
 	int fd;                  /* -1: slot free */
 	int id;                  /* the demo client's label ('K', ...), from GET /K; 0 if none */
 	size_t len;              /* request bytes read but not yet answered */
+	int served;              /* requests answered on it so far */
 	char buf[8192];          /* HTTP_REQ_MAX (../06-prefork-server/http.h) */
 };
 
@@ -110,9 +113,10 @@ void notify(const struct gen *g, const char *fmt, ...) __attribute__((format(pri
 void hold_here(const struct gen *g, const char *where);
 int send_msg(int chan, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int recv_msg(int chan, char *buf, size_t cap, int timeout_ms);
-void upgrade_name(char *out, size_t cap, pid_t old_pid);
+/* The old generation's abstract upgrade address; returns its length. */
+socklen_t upgrade_addr(struct sockaddr_un *sa, pid_t old_pid);
 
-/* ---- strategies.c: binding and the naive upgrades ---------------------- */
+/* ---- strategies.c: binding and the naive upgrades ----------------------- */
 
 /* The listener of generation 1, or of a naive strategy's new generation:
  * 127.0.0.1:port, with SO_REUSEPORT for the reuseport strategies. */

@@ -31,7 +31,7 @@
 
 _Static_assert(sizeof ((struct conn *)0)->buf == HTTP_REQ_MAX, "conn buffer = HTTP_REQ_MAX");
 
-/* ---- small helpers -------------------------------------------------------- */
+/* ---- small helpers ------------------------------------------------------ */
 
 long long now_ms(void)
 {
@@ -40,9 +40,13 @@ long long now_ms(void)
 	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-void upgrade_name(char *out, size_t cap, pid_t old_pid)
+socklen_t upgrade_addr(struct sockaddr_un *sa, pid_t old_pid)
 {
-	snprintf(out, cap, "hot-restart.%d", (int)old_pid);
+	/* An abstract name (a leading NUL): no file to create, none left
+	 * behind by a crash, and it goes away with the socket. */
+	*sa = (struct sockaddr_un){ .sun_family = AF_UNIX };
+	int len = snprintf(sa->sun_path + 1, sizeof sa->sun_path - 1, "hot-restart.%d", (int)old_pid);
+	return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)len);
 }
 
 /* The pid file is replaced, never rewritten in place: a reader sees the
@@ -132,7 +136,7 @@ int recv_msg(int chan, char *buf, size_t cap, int timeout_ms)
 
 static int upgrade_failed(struct gen *g, const char *why);
 
-/* ---- connections ---------------------------------------------------------- */
+/* ---- connections -------------------------------------------------------- */
 
 int conn_add(struct gen *g, int fd, int id)
 {
@@ -143,6 +147,7 @@ int conn_add(struct gen *g, int fd, int id)
 			g->conns[i].fd = fd;
 			g->conns[i].id = id;
 			g->conns[i].len = 0;
+			g->conns[i].served = 0;
 			g->nconns++;
 			return (int)i;
 		}
@@ -220,6 +225,7 @@ static void serve_conn(struct gen *g, size_t slot)
 		int ok = respond(g, c->fd, 200, close_it) == 0;
 		memmove(c->buf, c->buf + used, c->len - used);
 		c->len -= used;
+		c->served++;
 		if (!ok || close_it) {
 			conn_close(g, slot);
 			return;
@@ -232,7 +238,7 @@ static void serve_conn(struct gen *g, size_t slot)
 		upgrade_failed(g, "handing over a connection failed");
 }
 
-/* ---- starting the next generation ------------------------------------------ */
+/* ---- starting the next generation --------------------------------------- */
 
 /* What the exec'd generation is told: everything it needs, nothing else. */
 static void exec_next(struct gen *g, const char *path)
@@ -292,11 +298,8 @@ int start_upgrade(struct gen *g)
 		ev(&g->n, "sighup_refused", NULL, NULL);
 		return 0;
 	}
-	char name[64];
-	upgrade_name(name, sizeof name, getpid());
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	memcpy(sa.sun_path + 1, name, strlen(name));
-	socklen_t salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name));
+	struct sockaddr_un sa;
+	socklen_t salen = upgrade_addr(&sa, getpid());
 	g->up_listen = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (g->up_listen < 0 || bind(g->up_listen, (struct sockaddr *)&sa, salen) < 0 ||
 	    listen(g->up_listen, 4) < 0)
@@ -450,7 +453,7 @@ static int shut_down(struct gen *g)
 	return 0;
 }
 
-/* ---- the loop ------------------------------------------------------------------ */
+/* ---- the loop ----------------------------------------------------------- */
 
 int gen_serve(struct gen *g)
 {

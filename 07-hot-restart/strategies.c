@@ -85,9 +85,12 @@ int naive_old_on_ready(struct gen *g)
 		    strategy_names[g->strategy],
 		    g->strategy == ST_REUSEPORT_MIGRATE ? "migrated" : "reset");
 	}
+	/* Idle keep-alive connections (answered before, nothing buffered)
+	 * go; a connection still waiting for its first request gets its
+	 * answer, with "Connection: close", like a busy one. */
 	int closed = 0;
 	for (size_t i = 0; i < MAX_CONNS; i++)
-		if (g->conns[i].fd >= 0 && g->conns[i].len == 0) {
+		if (g->conns[i].fd >= 0 && g->conns[i].len == 0 && g->conns[i].served > 0) {
 			conn_close(g, i);
 			closed++;
 		}

@@ -106,6 +106,7 @@ int take_over(struct gen *g)
 	char msg[MSG_MAX];
 	struct sockaddr_un sa;
 	socklen_t salen = upgrade_addr(&sa, g->old_pid); /* "\0hot-restart.<old pid>" */
+	hold_here(g, HOLD_CONNECT);
 	g->chan = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 	if (g->chan < 0 || connect(g->chan, (struct sockaddr *)&sa, salen) < 0)
 		return -1;
@@ -139,8 +140,7 @@ int take_over(struct gen *g)
 			errno = EPROTO;
 			return -1;
 		}
-		if (g->strategy == ST_STOP_START)
-			hold_here(g, "before bind");
+		hold_here(g, HOLD_BIND);
 		g->lfd = bind_listener(g->strategy, g->port, NULL);
 		if (g->lfd < 0)
 			return -1;
@@ -152,8 +152,7 @@ int take_over(struct gen *g)
 		setrlimit(RLIMIT_CORE, &(struct rlimit){ 0, 0 });
 		abort();
 	}
-	if (g->strategy == ST_HANDOFF)
-		hold_here(g, "before READY");
+	hold_here(g, HOLD_READY);
 	char old[16];
 	snprintf(old, sizeof old, "gen%d", g->generation - 1);
 	ev(&g->n, "ready", old, NULL);

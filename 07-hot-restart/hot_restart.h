@@ -27,6 +27,11 @@ extern const char *const strategy_names[]; /* "handoff", ... NULL */
 
 enum fail_upgrade { FAIL_NONE, FAIL_EXEC, FAIL_CRASH };
 
+/* --hold POINT, a test hook: where a generation stops until a line arrives
+ * on stdin, so a test can act in that gap without guessing at timing. */
+enum hold_point { HOLD_NONE, HOLD_CONNECT, HOLD_READY, HOLD_BIND, HOLD_CLOSE };
+extern const char *const hold_names[]; /* "none", "before-connect", ... NULL */
+
 /* The most connections one generation holds; a few more are refused. */
 #define MAX_CONNS 512
 /* The upgrade channel's messages, small and fixed: "LISTEN 8080", "READY",
@@ -74,7 +79,7 @@ struct gen {
 	/* options */
 	const char *pid_file;
 	enum fail_upgrade fail;  /* --fail-upgrade: break the next upgrade */
-	int hold;                /* --hold: wait for a line on stdin at the critical point */
+	enum hold_point hold;    /* --hold POINT */
 	int verbose;             /* narrate every request (the demo) */
 	int notify_fd;           /* demo only: short status lines for the demo client */
 	const char *self;        /* argv[0], for the narration */
@@ -110,7 +115,7 @@ void conn_close(struct gen *g, size_t slot);
 long long now_ms(void);
 int write_pid_file(const struct gen *g);
 void notify(const struct gen *g, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void hold_here(const struct gen *g, const char *where);
+void hold_here(const struct gen *g, enum hold_point here);
 int send_msg(int chan, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int recv_msg(int chan, char *buf, size_t cap, int timeout_ms);
 /* The old generation's abstract upgrade address; returns its length. */

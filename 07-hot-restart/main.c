@@ -30,8 +30,10 @@ static const char usage[] =
 	"                  atomically by each new generation once it is ready\n"
 	"  --fail-upgrade exec|crash  break it: the next generation fails to exec, or\n"
 	"                  crashes before READY; the old one keeps serving\n"
-	"  --hold          test hook: at the upgrade's critical point, wait for a\n"
-	"                  line on stdin (before bind, before READY, before close)\n" COMMON_USAGE
+	"  --hold POINT    test hook: the generation that reaches POINT waits there\n"
+	"                  for a line on stdin: before-connect, before-ready (new,\n"
+	"                  handoff), before-bind (new, naive), before-close (old,\n"
+	"                  reuseport*)\n" COMMON_USAGE
 	"SIGHUP to the current generation upgrades it; SIGTERM ends it.\n";
 
 enum { OPT_STRATEGY = OPT_STAGE, OPT_PIDFILE, OPT_FAIL, OPT_HOLD, OPT_GEN, OPT_FROM,
@@ -71,7 +73,7 @@ int main(int argc, char **argv)
 		{ "strategy", required_argument, NULL, OPT_STRATEGY },
 		{ "pid-file", required_argument, NULL, OPT_PIDFILE },
 		{ "fail-upgrade", required_argument, NULL, OPT_FAIL },
-		{ "hold", no_argument, NULL, OPT_HOLD },
+		{ "hold", required_argument, NULL, OPT_HOLD },
 		/* What one generation tells the next (not for people). */
 		{ "generation", required_argument, NULL, OPT_GEN },
 		{ "upgrade-from", required_argument, NULL, OPT_FROM },
@@ -101,7 +103,7 @@ int main(int argc, char **argv)
 			g.fail = (enum fail_upgrade)parse_choice("--fail-upgrade", optarg, fails);
 			break;
 		case OPT_HOLD:
-			g.hold = 1;
+			g.hold = (enum hold_point)parse_choice("--hold", optarg, hold_names);
 			break;
 		case OPT_GEN:
 			g.generation = (int)parse_long("--generation", optarg, 2, 1000000);

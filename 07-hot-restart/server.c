@@ -86,13 +86,16 @@ void notify(const struct gen *g, const char *fmt, ...)
 	write_all(g->notify_fd, line, (size_t)len);
 }
 
-/* --hold (a test hook): stop at a critical point until a line arrives on
- * stdin, so a test can act in the gap deterministically. Bounded. */
-void hold_here(const struct gen *g, const char *where)
+const char *const hold_names[] = { "none", "before-connect", "before-ready", "before-bind",
+				   "before-close", NULL };
+
+/* --hold POINT (a test hook): stop here until a line arrives on stdin, so a
+ * test can act in the gap deterministically. Bounded. */
+void hold_here(const struct gen *g, enum hold_point here)
 {
-	if (!g->hold)
+	if (g->hold != here)
 		return;
-	out_line("[%s %d] holding %s", g->role, (int)getpid(), where);
+	out_line("[%s %d] holding %s", g->role, (int)getpid(), hold_names[here]);
 	char line[64];
 	if (read_line(STDIN_FILENO, line, sizeof line, WAIT_MS) <= 0)
 		say(&g->n, "no line on stdin within %d ms: going on", WAIT_MS);
@@ -263,8 +266,10 @@ static void exec_next(struct gen *g, const char *path)
 		argv[k++] = "--pid-file";
 		argv[k++] = g->pid_file;
 	}
-	if (g->hold)
+	if (g->hold) {
 		argv[k++] = "--hold";
+		argv[k++] = hold_names[g->hold];
+	}
 	if (g->fail == FAIL_CRASH) {
 		argv[k++] = "--fail-upgrade";
 		argv[k++] = "crash";
@@ -341,6 +346,9 @@ static int upgrade_failed(struct gen *g, const char *why)
 		return -1;
 	g->accepting = 1;
 	g->up = UP_NONE;
+	/* It may have named itself in the pid file already: we are the master. */
+	if (write_pid_file(g) < 0)
+		return -1;
 	say(&g->n, "generation %d failed (%s): generation %d keeps serving", g->generation + 1, why,
 	    g->generation);
 	ev(&g->n, "upgrade_failed", NULL, NULL);

@@ -75,7 +75,7 @@ int naive_old_on_ready(struct gen *g)
 {
 	if (g->lfd >= 0) {
 		g->accepting = 0;
-		hold_here(g, "before closing the listener");
+		hold_here(g, HOLD_CLOSE);
 		/* Closing a listener resets every connection still in its accept
 		 * queue (inet_csk_listen_stop) - unless tcp_migrate_req moves them
 		 * to another listener of the same SO_REUSEPORT group. */

@@ -88,10 +88,16 @@ class Gens:
         and the old one has exited. Returns the new master's pid."""
         old = self.master()
         os.kill(old, signal.SIGHUP)
+        return self.upgrade_done(gen, old)
+
+    def upgrade_done(self, gen, old):
+        """Waits until generation `gen` is ready, `old` has exited and the new
+        one has read DONE (and closed the upgrade channel)."""
         self.wait_line(rf"^\[gen{gen} \d+\] generation {gen}: ready")
         new = self.master()
         assert new != old
         wait_gone(old)
+        self.wait_line(rf"^\[gen{gen} {new}\] the old generation is done")
         return new
 
     def stop(self):
@@ -225,9 +231,13 @@ def test_handoff_passes_exactly_the_listener_and_idle_connections(gens):
         # the same listening socket (inode), never bound again
         s2 = socket_inodes(g2)
         assert lst in s2.values()
-        # exactly: the listener + the 3 idle connections (+ nothing else TCP)
-        tcp = [i for i in s2.values() if i == lst or _is_tcp(g2, i)]
-        assert len(tcp) == 4, s2
+        # exactly the listener and the 3 idle connections, and nothing else
+        # but stdio, the test's watch pipe, the signalfd and the spare fd
+        table = fd_table(g2)
+        sockets = sorted(t for t in table.values() if t.startswith("socket:"))
+        assert len(sockets) == 4 and all(_is_tcp(g2, int(t[8:-1])) for t in sockets), table
+        others = sorted(t.split(":")[0] for fd, t in table.items() if not t.startswith("socket:"))
+        assert others == ["/dev/null", "anon_inode", "pipe", "pipe", "pipe", "pipe"], table
         # the keep-alive clients never reconnected, and reach generation 2
         assert [request(s) for s in keep] == [(2, g2)] * 3
         with client(g.port) as s:
@@ -240,15 +250,25 @@ def test_handoff_passes_exactly_the_listener_and_idle_connections(gens):
     g.stop()
 
 
+def fd_table(pid):
+    out = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            pass
+    return out
+
+
 def _is_tcp(pid, inode):
     with open(f"/proc/{pid}/net/tcp") as f:
         return any(line.split()[9] == str(inode) for line in f.readlines()[1:])
 
 
 def test_connections_queued_during_the_upgrade_are_not_lost(gens):
-    g = gens("handoff", "--hold")
+    g = gens("handoff", "--hold", "before-ready")
     os.kill(g.master(), signal.SIGHUP)
-    g.wait_line(r"holding before READY")
+    g.wait_line(r"holding before-ready")
     # the new one holds the listener but is not ready; the old still accepts
     socks = [client(g.port) for _ in range(20)]
     try:
@@ -274,16 +294,34 @@ def test_connections_queued_during_the_upgrade_are_not_lost(gens):
 
 
 def test_sighup_during_an_upgrade_is_refused(gens):
-    g = gens("handoff", "--hold")
+    g = gens("handoff", "--hold", "before-ready")
     g1 = g.master()
     os.kill(g1, signal.SIGHUP)
-    g.wait_line(r"holding before READY")
+    g.wait_line(r"holding before-ready")
     os.kill(g1, signal.SIGHUP)
     g.wait_line(r"SIGHUP during an upgrade: refused")
     g.release()
     g.wait_line(r"generation 2: ready")
     wait_gone(g1)
     assert not any("generation 3" in l for l in g.lines)
+    g.stop()
+
+
+def test_upgrade_channel_refuses_a_stranger(gens):
+    """Anyone may connect to the old generation's abstract socket; only the
+    process it forked (SO_PEERCRED) gets the listener."""
+    g = gens("handoff", "--hold", "before-connect")
+    g1 = g.master()
+    os.kill(g1, signal.SIGHUP)
+    g.wait_line(r"holding before-connect")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.settimeout(WAIT)
+        s.connect(f"\0hot-restart.{g1}")
+        g.wait_line(r"refused an upgrade peer that is not generation 2: EPERM")
+        msg, fds, _, _ = socket.recv_fds(s, 64, 4)
+        assert (msg, fds) == (b"", []), "a stranger was sent something"
+    g.release()
+    g.upgrade_done(2, g1)
     g.stop()
 
 
@@ -306,11 +344,11 @@ def test_failed_upgrade_leaves_the_old_one_serving(gens, how):
 # ---- the naive strategies ------------------------------------------------------
 
 def test_stop_start_refuses_connections_in_the_gap(gens):
-    g = gens("stop-start", "--hold")
+    g = gens("stop-start", "--hold", "before-bind")
     with client(g.port) as k:
         assert request(k)[0] == 1
         os.kill(g.master(), signal.SIGHUP)
-        g.wait_line(r"holding before bind")
+        g.wait_line(r"holding before-bind")
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", g.port), timeout=WAIT).close()
         g.release()
@@ -327,7 +365,7 @@ def queued_then_closed(g, n=32):
     """Connects n clients while the old generation holds before closing its
     listener (it no longer accepts); returns (served, reset)."""
     os.kill(g.master(), signal.SIGHUP)
-    g.wait_line(r"holding before closing the listener")
+    g.wait_line(r"holding before-close")
     socks = [client(g.port) for _ in range(n)]
     served = reset = 0
     try:
@@ -350,7 +388,7 @@ def queued_then_closed(g, n=32):
 
 
 def test_reuseport_resets_what_waited_in_the_old_queue(gens):
-    g = gens("reuseport", "--hold")
+    g = gens("reuseport", "--hold", "before-close")
     served, reset = queued_then_closed(g)
     # SO_REUSEPORT spreads 32 connections over two listeners: the old one's
     # share (all but 2**-32 of the time, some) is reset when it closes.
@@ -392,7 +430,7 @@ def netns_with_migrate():
 
 def test_reuseport_migrate_resets_nothing(gens):
     with netns_with_migrate() as (enter, leave):
-        g = gens("reuseport-migrate", "--hold", preexec_fn=enter)
+        g = gens("reuseport-migrate", "--hold", "before-close", preexec_fn=enter)
         enter()  # our client sockets are made inside the namespace too
         try:
             served, reset = queued_then_closed(g)

@@ -353,6 +353,7 @@ def test_stop_start_refuses_connections_in_the_gap(gens):
             socket.create_connection(("127.0.0.1", g.port), timeout=WAIT).close()
         g.release()
         g.wait_line(r"generation 2: ready")
+        g.wait_line(r"^\[gen1 \d+\] closed 1 idle keep-alive connection")
         # the idle keep-alive connection could not be passed on: closed
         with pytest.raises((EOFError, ConnectionResetError, BrokenPipeError)):
             request(k)
@@ -467,3 +468,15 @@ def test_measure_handoff_loses_nothing_under_load():
     assert row["failed"] == 0 and row["keepalive_reconnects"] == 0, row
     assert row["keepalive_last_generation"] == [4] * 4, row
     check_sanitizer(r.stderr)
+
+
+def test_make_trace_07_shows_the_handoff():
+    """Under strace: the exec of the next generation, the listener in an
+    SCM_RIGHTS message, received with MSG_CMSG_CLOEXEC."""
+    r = subprocess.run(["make", "-s", "trace-07"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert 'execve("/proc/self/exe"' in r.stderr
+    assert re.search(r'sendmsg\(.*"LISTEN \d+".*SCM_RIGHTS', r.stderr)
+    assert re.search(r'recvmsg\(.*"LISTEN \d+".*SCM_RIGHTS.*MSG_CMSG_CLOEXEC', r.stderr)
+    assert "result: " in r.stdout

@@ -325,6 +325,32 @@ def test_upgrade_channel_refuses_a_stranger(gens):
     g.stop()
 
 
+def test_new_generation_dying_while_the_old_drains(gens):
+    """The old one keeps its listener (unpolled) until DONE: if the new one
+    dies after READY, the old one accepts again, keeps what it still held,
+    and names itself in the pid file again."""
+    g = gens("handoff")
+    g1 = g.master()
+    lst = listener_inode(g1, g.port)
+    with client(g.port) as h:
+        h.sendall(b"GET /half HTTP/1.1\r\n")  # half a request: g1 stays draining
+        os.kill(g1, signal.SIGHUP)
+        g.wait_line(r"generation 2: ready")
+        g.wait_line(r"^\[gen1 \d+\] generation 2 is ready: stopped accepting")
+        g2 = g.master()
+        os.kill(g2, signal.SIGKILL)
+        g.wait_line(r"^\[gen1 \d+\] generation 2 failed")
+        assert g.master() == g1
+        # the same listening socket as before: never closed, never bound again
+        assert lst in socket_inodes(g1).values()
+        with client(g.port) as s:
+            assert request(s, close=True) == (1, g1)
+        h.sendall(b"Host: t\r\n\r\n")
+        buf = h.recv(4096)
+        assert f"served by generation 1 pid {g1}".encode() in buf
+    g.stop()
+
+
 @pytest.mark.parametrize("how", ["exec", "crash"])
 def test_failed_upgrade_leaves_the_old_one_serving(gens, how):
     g = gens("handoff", "--fail-upgrade", how)

@@ -139,6 +139,7 @@ int recv_msg(int chan, char *buf, size_t cap, int timeout_ms)
 }
 
 static int upgrade_failed(struct gen *g, const char *why);
+static void describe_end(int st, char *out, size_t cap);
 
 /* ---- connections -------------------------------------------------------- */
 
@@ -340,9 +341,19 @@ static int upgrade_failed(struct gen *g, const char *why)
 	if (g->up_listen >= 0)
 		close(g->up_listen);
 	g->chan = g->up_listen = -1;
+	char end[64] = "";
 	if (g->child > 0) {
-		kill(g->child, SIGKILL);
-		reap_child(g->child, WAIT_MS, NULL);
+		/* A channel that closed means it is on its way out: let it finish
+		 * dying (bounded) so we can say how; then make sure it is gone. */
+		int st;
+		if (wait_child(g->child, ABSENT_MS, &st) == 0) {
+			end[0] = ';';
+			end[1] = ' ';
+			describe_end(st, end + 2, sizeof end - 2);
+		} else {
+			kill(g->child, SIGKILL);
+			reap_child(g->child, WAIT_MS, NULL);
+		}
 		g->child = 0;
 	}
 	if (g->lfd < 0 && (g->lfd = bind_listener(g->strategy, g->port, NULL)) < 0)
@@ -352,8 +363,8 @@ static int upgrade_failed(struct gen *g, const char *why)
 	/* It may have named itself in the pid file already: we are the master. */
 	if (write_pid_file(g) < 0)
 		return -1;
-	say(&g->n, "generation %d failed (%s): generation %d keeps serving", g->generation + 1, why,
-	    g->generation);
+	say(&g->n, "generation %d failed (%s%s): generation %d keeps serving", g->generation + 1,
+	    why, end, g->generation);
 	ev(&g->n, "upgrade_failed", NULL, NULL);
 	notify(g, "failed %d", g->generation + 1);
 	return 0;
@@ -372,6 +383,15 @@ static int old_finishes(struct gen *g)
 	return 0;
 }
 
+/* "exit status 127", "killed by ABRT": how a child ended, as waitpid said. */
+static void describe_end(int st, char *out, size_t cap)
+{
+	if (WIFSIGNALED(st))
+		snprintf(out, cap, "killed by %s", sigabbrev_np(WTERMSIG(st)));
+	else
+		snprintf(out, cap, "exit status %d", WEXITSTATUS(st));
+}
+
 /* SIGCHLD: was it the next generation, before it finished taking over? */
 static int child_exited(struct gen *g)
 {
@@ -382,10 +402,7 @@ static int child_exited(struct gen *g)
 			continue;
 		g->child = 0;
 		char why[64];
-		if (WIFSIGNALED(st))
-			snprintf(why, sizeof why, "killed by %s", sigabbrev_np(WTERMSIG(st)));
-		else
-			snprintf(why, sizeof why, "exit status %d", WEXITSTATUS(st));
+		describe_end(st, why, sizeof why);
 		if (g->up != UP_NONE && upgrade_failed(g, why) < 0)
 			return -1;
 	}

@@ -101,7 +101,7 @@ int hand_over_listener(struct gen *g)
 
 /* New side: connect to the old generation's abstract socket, check it, get
  * the listener (g->lfd, ours from now on) or bind one, and say READY. */
-/* lesson: take_over */
+/* lesson: take_over_listener */
 int take_over(struct gen *g)
 {
 	char msg[MSG_MAX];

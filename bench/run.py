@@ -41,6 +41,7 @@ import ssl
 import statistics
 import subprocess
 import sys
+import shutil
 import tempfile
 import threading
 import time
@@ -59,6 +60,8 @@ TLS_MODES = ["before-handshake", "after-handshake"]
 HTTPS = "handoff --tls"  # stage 06 over HTTPS: handshake in the dispatcher, session handed off
 NGINX, NGINXS = "nginx", "nginx (HTTPS)"
 NGINX_CONF = ROOT / "bench" / "nginx.conf.in"
+# Debian puts nginx in /usr/sbin, which is not on every user's PATH.
+NGINX_BIN = shutil.which("nginx") or "/usr/sbin/nginx"
 # One round: every server once, in this order (nginx next to handoff).
 SERVERS = [NGINX, *MODELS, NGINXS, HTTPS]
 SCHEME = {NGINXS: "https", HTTPS: "https"}
@@ -252,7 +255,7 @@ def nginx_prepare(d, workers, http_port, https_port):
     for k, v in {"DIR": d, "WORKERS": workers, "HTTP_PORT": http_port, "HTTPS_PORT": https_port}.items():
         conf = conf.replace(f"@{k}@", str(v))
     (d / "nginx.conf").write_text(conf)
-    return ["nginx", "-p", d, "-c", d / "nginx.conf", "-e", d / "error.log", "-g", "daemon off;"]
+    return [NGINX_BIN, "-p", d, "-c", d / "nginx.conf", "-e", d / "error.log", "-g", "daemon off;"]
 
 
 def children(pid):
@@ -306,7 +309,7 @@ def start_nginx(d):
 
 def nginx_version():
     try:
-        out = subprocess.run(["nginx", "-v"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run([NGINX_BIN, "-v"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return "nginx ?"
     return out.stderr.strip().replace("nginx version: ", "")

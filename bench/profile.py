@@ -40,15 +40,7 @@ SECONDS = 3
 
 def pids_of(root):
     """root and every process whose parent is root."""
-    out = [root]
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                if int(f.read().rsplit(")", 1)[1].split()[1]) == root:
-                    out.append(int(entry))
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
+    return [root, *run.children(root)]
 
 
 def wrk_requests(port, close, scheme, seconds):

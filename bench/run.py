@@ -129,18 +129,6 @@ def stop(p, sig=signal.SIGTERM):
     return rc
 
 
-def in_group(pgid):
-    """Is any process left in process group pgid?"""
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                if int(f.read().rsplit(")", 1)[1].split()[2]) == pgid:
-                    return True
-        except (OSError, ValueError, IndexError):
-            continue
-    return False
-
-
 def drain(p, *files):
     """Reads what p prints, so that a full pipe never blocks it."""
     p.drains = [threading.Thread(target=f.read, daemon=True) for f in files]
@@ -258,18 +246,6 @@ def nginx_prepare(d, workers, http_port, https_port):
     return [NGINX_BIN, "-p", d, "-c", d / "nginx.conf", "-e", d / "error.log", "-g", "daemon off;"]
 
 
-def children(pid):
-    n = 0
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                    n += 1
-        except (OSError, ValueError, IndexError):
-            continue
-    return n
-
-
 def http_get(port):
     """One GET over a new connection: the status line and body, or None."""
     try:
@@ -293,7 +269,7 @@ def start_nginx(d):
         deadline = time.monotonic() + WAIT
         while p.poll() is None and time.monotonic() < deadline:
             reply = http_get(http_port)
-            if children(p.pid) == NCPU and reply and reply.startswith(b"HTTP/1.1 200"):
+            if len(children(p.pid)) == NCPU and reply and reply.startswith(b"HTTP/1.1 200"):
                 if not re.search(rb"\r\n\r\nserved by worker \d+$", reply):
                     stop(p)
                     sys.exit(f"bench: nginx answered {reply!r}")
@@ -373,21 +349,30 @@ def verdict(rs, higher_is_better=True):
     return "ahead" if (med(rs) > 1.0) == higher_is_better else "behind"
 
 
-def tree_cpu(pid):
-    """CPU seconds (user + system) of pid and its children, from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+def processes():
+    """(pid, ppid, pgrp, utime + stime in ticks) of every process, from /proc."""
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
         try:
             with open(f"/proc/{entry}/stat") as f:
-                rest = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(entry) == pid or int(rest[1]) == pid:
-            total += int(rest[11]) + int(rest[12])  # utime, stime
-    return total / tick
+                rest = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)"
+            yield int(entry), int(rest[1]), int(rest[2]), int(rest[11]) + int(rest[12])
+        except (OSError, ValueError, IndexError):
+            continue  # not a process, or gone meanwhile
+
+
+def children(pid):
+    """The pids whose parent is pid."""
+    return [c for c, ppid, _, _ in processes() if ppid == pid]
+
+
+def in_group(pgid):
+    """Is any process left in process group pgid?"""
+    return any(g == pgid for _, _, g, _ in processes())
+
+
+def tree_cpu(pid):
+    """CPU seconds (user + system) of pid and its children, from /proc."""
+    return sum(t for c, ppid, _, t in processes() if pid in (c, ppid)) / os.sysconf("SC_CLK_TCK")
 
 
 def start_ssl05(mode):

@@ -243,6 +243,7 @@ def nginx_prepare(d, workers, http_port, https_port):
     for k, v in {"DIR": d, "WORKERS": workers, "HTTP_PORT": http_port, "HTTPS_PORT": https_port}.items():
         conf = conf.replace(f"@{k}@", str(v))
     (d / "nginx.conf").write_text(conf)
+    commands.append(f"(DIR/nginx.conf: bench/nginx.conf.in with @DIR@, @WORKERS@ = {workers} and two ports filled in)")
     return [NGINX_BIN, "-p", d, "-c", d / "nginx.conf", "-e", d / "error.log", "-g", "daemon off;"]
 
 

@@ -14,6 +14,12 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+/* Linux 6.5: a receiver that set SO_PASSPIDFD gets, with every message, a
+ * pidfd of the sender (older headers do not name it). */
+#ifndef SCM_PIDFD
+#define SCM_PIDFD 0x04
+#endif
+
 /* Room for the largest control message we ever send or accept. */
 union fdpass_control {
 	struct cmsghdr align; /* forces the alignment CMSG_* macros assume */
@@ -55,28 +61,33 @@ const char *fdpass_strerror(int st)
 ssize_t fdpass_sendmsg_raw(int sock, const void *buf, size_t len, const int *fds, size_t nfds)
 {
 	union fdpass_control control;
+	if (nfds * sizeof(int) > sizeof control.buf - CMSG_LEN(0)) {
+		errno = EINVAL;
+		return -1;
+	}
+	/* lesson: fdpass_send_cmsg */
+	/* The payload: on a stream socket at least one byte, or nothing is sent. */
 	struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
 	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
 	if (nfds > 0) {
+		/* One SCM_RIGHTS control message: a header, then nfds ints, in a
+		 * buffer aligned for struct cmsghdr (the union above). */
 		size_t bytes = nfds * sizeof(int);
-		if (bytes > sizeof control.buf - CMSG_LEN(0)) {
-			errno = EINVAL;
-			return -1;
-		}
-		memset(&control, 0, sizeof control);
+		memset(control.buf, 0, CMSG_SPACE(bytes)); /* the padding too */
 		msg.msg_control = control.buf;
 		msg.msg_controllen = CMSG_SPACE(bytes);
 		struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
 		cmsg->cmsg_level = SOL_SOCKET;
 		cmsg->cmsg_type = SCM_RIGHTS;
 		cmsg->cmsg_len = CMSG_LEN(bytes);
-		memcpy(CMSG_DATA(cmsg), fds, bytes);
+		memcpy(CMSG_DATA(cmsg), fds, bytes); /* CMSG_DATA need not be aligned for int */
 	}
 	ssize_t n;
 	do
 		/* MSG_NOSIGNAL: a worker that died is an EPIPE to handle, not a SIGPIPE. */
 		n = sendmsg(sock, &msg, MSG_NOSIGNAL);
 	while (n < 0 && errno == EINTR);
+	/* end lesson */
 	return n;
 }
 
@@ -84,15 +95,21 @@ int fdpass_send(int sock, const void *buf, size_t len, const int *fds, size_t nf
 {
 	if (sent)
 		*sent = 0;
+	if (!fds || (len > 0 && !buf))
+		return status(FDPASS_EINVAL, EINVAL);
 	if (nfds < 1 || nfds > FDPASS_MAX_FDS)
 		return status(FDPASS_ECOUNT, EINVAL);
-	int type = 0;
-	socklen_t tlen = sizeof type;
-	if (getsockopt(sock, SOL_SOCKET, SO_TYPE, &type, &tlen) < 0)
-		return FDPASS_ESYS;
-	/* On a stream socket a 0-byte sendmsg returns 0 and the fds never arrive. */
-	if (len == 0 && type == SOCK_STREAM)
-		return status(FDPASS_EEMPTY, EINVAL);
+	if (len == 0) {
+		/* Only an empty payload needs the socket type (one system call
+		 * more): on a stream socket a 0-byte sendmsg returns 0 and the
+		 * fds never arrive; on seqpacket and datagram it is a message. */
+		int type = 0;
+		socklen_t tlen = sizeof type;
+		if (getsockopt(sock, SOL_SOCKET, SO_TYPE, &type, &tlen) < 0)
+			return FDPASS_ESYS;
+		if (type == SOCK_STREAM)
+			return status(FDPASS_EEMPTY, EINVAL);
+	}
 	ssize_t n = fdpass_sendmsg_raw(sock, buf, len, fds, nfds);
 	if (n < 0)
 		return sys_status();
@@ -116,7 +133,8 @@ int fdpass_recv(int sock, struct fdpass_rx *rx)
 	if (!rx->buf || rx->cap == 0 || rx->max_fds > FDPASS_MAX_FDS || (rx->max_fds && !rx->fds))
 		return status(FDPASS_EINVAL, EINVAL);
 
-	union fdpass_control control;
+	/* lesson: fdpass_recv_count */
+	union fdpass_control control; /* aligned for struct cmsghdr */
 	struct iovec iov = { .iov_base = rx->buf, .iov_len = rx->cap };
 	struct msghdr msg = {
 		.msg_iov = &iov,
@@ -144,13 +162,16 @@ int fdpass_recv(int sock, struct fdpass_rx *rx)
 	size_t ngot = 0;
 	int foreign = 0;
 	for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len < CMSG_LEN(0)) {
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_len < CMSG_LEN(0) ||
+		    (c->cmsg_type != SCM_RIGHTS && c->cmsg_type != SCM_PIDFD)) {
 			foreign = 1;
 			continue;
 		}
+		/* SCM_PIDFD is foreign here too, but it is a descriptor: close it */
+		foreign |= c->cmsg_type == SCM_PIDFD;
 		size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-		if (k > sizeof got / sizeof got[0] - ngot)
-			k = sizeof got / sizeof got[0] - ngot; /* cannot happen: bounded by controllen */
+		if (k > sizeof got / sizeof got[0] - ngot) /* cannot happen: controllen bounds it */
+			k = sizeof got / sizeof got[0] - ngot;
 		memcpy(got + ngot, CMSG_DATA(c), k * sizeof(int));
 		ngot += k;
 	}
@@ -168,10 +189,12 @@ int fdpass_recv(int sock, struct fdpass_rx *rx)
 		st = FDPASS_ENOFD, err = ENOMSG;
 
 	if (st != FDPASS_OK) {
+		/* A rejected message is not the caller's: close all it carried. */
 		close_all(got, ngot);
 		rx->closed = ngot;
 		return status(st, err);
 	}
+	/* end lesson */
 	if (ngot)
 		memcpy(rx->fds, got, ngot * sizeof(int));
 	rx->nfds = ngot;

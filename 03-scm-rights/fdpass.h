@@ -9,13 +9,20 @@
  *         peer is an EPIPE and not a SIGPIPE; EINTR retried; a short send told.
  *   recv  a control buffer aligned for struct cmsghdr; MSG_CMSG_CLOEXEC, so
  *         nothing leaks into a program exec'd later; descriptors counted from
- *         cmsg_len (CMSG_SPACE(sizeof(int)) has room for *two*) and copied
+ *         cmsg_len (CMSG_SPACE(sizeof(int)) has room for *two* on 64-bit
+ *         ABIs, where the padding to 8 bytes leaves 4 spare) and copied
  *         with memcpy; every control message walked; a rejected message has
  *         every one of its descriptors closed before we return.
  *
  * Nothing here prints or exits. Every function returns an fdpass_status; on
  * anything but FDPASS_OK, errno is set too (see the list below), so callers
- * may treat it as -1/errno if they prefer.
+ * may treat it as -1/errno if they prefer. Two statuses are about the
+ * caller, not the peer: FDPASS_EINVAL (a NULL buffer, a zero capacity, more
+ * than FDPASS_MAX_FDS asked for - a bug to fix, refused before any system
+ * call) and FDPASS_EAGAIN (the socket is non-blocking and nothing could
+ * move now: poll and call again; nothing was sent, nothing was received,
+ * no descriptor changed hands). Every other failed system call is
+ * FDPASS_ESYS with its errno (EPIPE: the peer is gone).
  *
  * See also: unix(7) (SCM_RIGHTS, SCM_MAX_FD), cmsg(3), sendmsg(2), recvmsg(2).
  */
@@ -33,7 +40,7 @@ enum fdpass_status {
 	FDPASS_EOF,     /* recv: the peer closed its end; no message      (errno 0)        */
 	FDPASS_ESYS,    /* a system call failed                            (its errno)      */
 	FDPASS_EAGAIN,  /* non-blocking socket, nothing could move now     (EAGAIN)         */
-	FDPASS_EINVAL,  /* the caller's arguments are wrong (NULL buf ...) (EINVAL)         */
+	FDPASS_EINVAL,  /* caller misuse: NULL buf/fds, cap 0, max_fds>253 (EINVAL)         */
 	FDPASS_ECOUNT,  /* send: 0, or more than FDPASS_MAX_FDS, fds       (EINVAL)         */
 	FDPASS_EEMPTY,  /* send: empty payload on a SOCK_STREAM socket     (EINVAL)         */
 	FDPASS_ESHORT,  /* send: the kernel took part of the payload only  (EMSGSIZE)       */
@@ -48,8 +55,11 @@ const char *fdpass_strerror(int status);
 
 /*
  * Sends buf[0..len) with fds[0..nfds) attached, in one sendmsg(2).
- * Refuses, before asking the kernel, nfds outside 1..FDPASS_MAX_FDS and an
- * empty payload on a SOCK_STREAM socket. *sent (if not NULL) gets the number
+ * Refuses, before asking the kernel, NULL fds (or NULL buf with len > 0:
+ * FDPASS_EINVAL), nfds outside 1..FDPASS_MAX_FDS (FDPASS_ECOUNT), and an
+ * empty payload on a SOCK_STREAM socket (FDPASS_EEMPTY; only when len == 0
+ * does it ask the socket's type). A full non-blocking socket: FDPASS_EAGAIN,
+ * nothing sent. *sent (if not NULL) gets the number
  * of payload bytes the kernel took, also on FDPASS_ESHORT: the descriptors
  * went with the first byte, the rest of the payload is the caller's to send.
  * The caller still owns fds[]: closing them right after is safe, the message
@@ -85,7 +95,10 @@ struct fdpass_rx {
 
 /*
  * Receives one message. FDPASS_OK: rx->len bytes and rx->nfds descriptors
- * (0 is fine unless FDPASS_NEED_FD). FDPASS_EOF: the peer closed and nothing
+ * (0 is fine unless FDPASS_NEED_FD), which the caller now owns and must
+ * close. FDPASS_EINVAL: rx is unusable (buf NULL, cap 0, max_fds > 253,
+ * fds NULL with max_fds > 0), nothing was read. FDPASS_EAGAIN: a
+ * non-blocking socket with nothing queued. FDPASS_EOF: the peer closed and nothing
  * came - not the same as a message that carried no descriptor. Any rejection
  * (ECTRUNC, ECMSG, ETOOMANY, ENOFD) has already closed every descriptor the
  * message carried. On SOCK_SEQPACKET a zero-byte message *with* descriptors

@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #include "cli.h"
 #include "narrate.h"
+#include "util.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -30,7 +31,9 @@ _Noreturn void die(const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
-	fprintf(stderr, "%s: %s: %s\n", program_invocation_short_name, msg, strerror(saved));
+	char err[ERRNO_TEXT_LEN];
+	fprintf(stderr, "%s: %s: %s\n", program_invocation_short_name, msg,
+		errno_text(saved, err, sizeof err));
 	exit(EXIT_RUNTIME);
 }
 

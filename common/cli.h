@@ -1,8 +1,9 @@
 /*
- * cli.h - the command line every stage binary shares (DESIGN.md, "Every
- * stage binary"): --trace FILE, --mermaid, --serve [--port N], --help, and
- * the exit codes: 0 the lesson's outcome happened, 1 a runtime failure
- * (the message names the call and errno), 2 a bad argument.
+ * cli.h - the command line every stage binary shares (the top README.md,
+ * "Layout", the paragraph on conventions): --trace FILE, --mermaid,
+ * --serve [--port N], --help, and the exit codes: 0 the lesson's outcome
+ * happened, 1 a runtime failure (the message names the call and the errno:
+ * "sendmsg: EPIPE (Broken pipe)"), 2 a bad argument.
  *
  * Only main() and the code it calls directly use these: they print and exit.
  * Library code (common/util.c, fdpass.c) returns -1/errno instead.
@@ -55,7 +56,7 @@ int parse_choice(const char *what, const char *arg, const char *const *choices);
 
 /* "prog: bad argument: ..." on stderr, exit 2. */
 _Noreturn void usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* "prog: CALL: strerror(errno)" on stderr, exit 1. */
+/* "prog: CALL: ENAME (text)" on stderr (errno_text), exit 1. */
 _Noreturn void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* "listening on 127.0.0.1:PORT", the first line --serve prints, flushed. */

@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -112,6 +113,16 @@ ssize_t read_within(int fd, void *buf, size_t len, int timeout_ms)
 		n = read(fd, buf, len);
 	while (n < 0 && errno == EINTR);
 	return n;
+}
+
+int wait_eof(int fd, int timeout_ms)
+{
+	char buf[64];
+	for (;;) {
+		ssize_t r = read_within(fd, buf, sizeof buf, timeout_ms);
+		if (r <= 0)
+			return r == 0;
+	}
 }
 
 ssize_t read_line(int fd, char *buf, size_t cap, int timeout_ms)
@@ -244,4 +255,17 @@ void unblock_signals(void)
 	sigset_t set;
 	sigemptyset(&set);
 	sigprocmask(SIG_SETMASK, &set, NULL);
+}
+
+const char *errno_text(int err, char *buf, size_t cap)
+{
+	/* strerrorname_np knows every errno glibc knows; NULL for the rest. */
+	const char *name = strerrorname_np(err);
+	char num[16];
+	if (!name) {
+		snprintf(num, sizeof num, "errno %d", err);
+		name = num;
+	}
+	snprintf(buf, cap, "%s (%s)", name, strerror(err));
+	return buf;
 }

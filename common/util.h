@@ -5,7 +5,8 @@
  * Every function returns -1 and sets errno on failure (ETIMEDOUT when a
  * bound ran out); none prints, none exits.
  *
- * See also: poll(2), pidfd_open(2), kcmp(2), proc(5) (/proc/PID/fd).
+ * See also: poll(2), pidfd_open(2), kcmp(2), proc(5) (/proc/PID/fd),
+ * strerrorname_np(3).
  */
 #ifndef UTIL_H
 #define UTIL_H
@@ -40,6 +41,10 @@ int wait_readable(int fd, int timeout_ms);
 /* One read(2) that waits at most timeout_ms: >0 bytes, 0 EOF, -1 error
  * (ETIMEDOUT when nothing came). */
 ssize_t read_within(int fd, void *buf, size_t len, int timeout_ms);
+/* Reads and discards until end-of-file, each read waiting at most
+ * timeout_ms: 1 if end-of-file came, 0 if not (timed out, or an error).
+ * On a pipe's read end, EOF means no write end is open anywhere. */
+int wait_eof(int fd, int timeout_ms);
 /* Reads one '\n'-terminated line (kept, NUL-terminated) byte by byte, so
  * nothing after the line is consumed. Returns its length, 0 on EOF. */
 ssize_t read_line(int fd, char *buf, size_t cap, int timeout_ms);
@@ -58,6 +63,12 @@ int fd_target(pid_t pid, int fd, char *buf, size_t cap);
 int fd_list(int *fds, int cap);
 /* kcmp(KCMP_FILE): 0 = both name the same open file description. */
 int same_file(pid_t pid1, int fd1, pid_t pid2, int fd2);
+
+/* "EPIPE (Broken pipe)": the errno by name and by text, as TLPI's errExit
+ * prints it (strerrorname_np, glibc 2.32). Writes at most cap bytes into
+ * buf and returns buf; ERRNO_TEXT_LEN is always enough. */
+#define ERRNO_TEXT_LEN 96
+const char *errno_text(int err, char *buf, size_t cap);
 
 /* Blocks SIGINT and SIGTERM (and SIGCHLD when asked) and returns a
  * signalfd that becomes readable when one arrives: a server's poll loop

@@ -22,6 +22,7 @@ import fcntl
 import os
 import re
 import resource
+import select
 import signal
 import socket
 import subprocess
@@ -341,6 +342,35 @@ def test_control_data_truncated(receiver, fds, max_fds, sent):
     assert len(rx.received()) == 1
 
 
+@pytest.mark.parametrize("classic", [True, False], ids=["classic-receiver", "fdpass_recv"])
+def test_two_descriptors_to_a_receiver_built_for_one(receiver, fds, classic):
+    """The receiver the article leaves to the reader, as the classic books
+    write it (`recv --classic-receiver`): a control buffer of
+    CMSG_SPACE(sizeof(int)) and a check that cmsg_len is
+    CMSG_LEN(sizeof(int)). Sent two descriptors: on a 64-bit ABI both fit in
+    the padding, no MSG_CTRUNC, the length check says "no descriptor" - and
+    both stay open in the receiver: no EOF on their read ends while it
+    lives, EOF once it has exited. fdpass_recv, allowed one, counts from
+    cmsg_len, refuses, and closes both at once."""
+    rx = receiver("--classic-receiver") if classic else receiver("--max-fds", 1)
+    pipes = fds.pipes(2)
+    targets = {f"pipe:[{ident(w)[1]}]" for _, w in pipes}
+    with rx.connect() as c:
+        sendmsg_fds(c, b"x", [w for _, w in pipes])
+    fds.close(*(w for _, w in pipes))
+    errs = rx.wait_error()
+    assert errs[0].startswith(ERRORS["nofd" if classic else "toomany"]), errs
+    serving_goes_on(rx, fds)  # served one after another: the first connection is done
+    if classic:
+        # the leak, seen from outside: both write ends still open in the receiver
+        assert select.select([r for r, _ in pipes], [], [], 0)[0] == []
+        assert {t for _, t in rx.holds(targets)} == targets
+        rx.stop()  # its exit closes what it leaked
+    else:
+        assert rx.holds(targets) == []
+    assert_eof_all([r for r, _ in pipes], fds)
+
+
 def test_253_descriptors_in_one_message(receiver, fds):
     rx = receiver("--max-fds", SCM_MAX_FD)
     pipes = fds.pipes(SCM_MAX_FD)
@@ -614,7 +644,7 @@ def test_out_of_descriptors_at_accept_sheds_the_connection(receiver, fds):
     resource.prlimit(rx.pid, resource.RLIMIT_NOFILE, (limit, old[1]))
     with rx.connect() as c:
         errs = rx.wait_error()
-        assert errs[0].startswith("error: accept: Too many open files"), errs
+        assert errs[0].startswith("error: accept: EMFILE (Too many open files)"), errs
         assert wait_eof(c.fileno())  # shed: closed, not left hanging
     resource.prlimit(rx.pid, resource.RLIMIT_NOFILE, old)
     serving_goes_on(rx, fds)  # and it took its spare back: serving goes on
@@ -787,6 +817,7 @@ def test_recv_refuses_to_replace_a_file_that_is_not_a_socket(tmp_path):
         ["recv", "--unix", "{p}", "--count", "three"],
         ["recv", "--unix", "{p}", "--no-such-switch"],
         ["recv", "--unix", "{p}", "extra"],
+        ["send", "--unix", "{p}", "--classic-receiver", "{f}"],
         ["send"],
         ["send", "--unix", "{p}"],
         ["send", "--unix", "{p}", "--no-such-switch", "{f}"],

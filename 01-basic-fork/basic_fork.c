@@ -17,6 +17,8 @@
  * file descriptors"), accept(2), close(2), shutdown(2), proc(5) /proc/PID/fd.
  */
 #define _GNU_SOURCE
+#include "checkpoint.h"
+#include "demo_client.h"
 #include "../common/cli.h"
 #include "../common/narrate.h"
 #include "../common/util.h"
@@ -41,7 +43,7 @@ static const char usage[] =
 	"       basic_fork --serve [--port N] [--keep-parent-copy]\n"
 	"Stage 01: a child serves a connection through a descriptor it inherited by fork().\n"
 	"  --keep-parent-copy  break it: the parent does not close its copy, so the\n"
-	"                      client never sees end-of-file\n" COMMON_USAGE;
+	"                      client never sees end-of-file\n" COMMON_USAGE CHECKPOINT_USAGE;
 
 static unsigned long inode_of(int fd)
 {
@@ -49,7 +51,8 @@ static unsigned long inode_of(int fd)
 	return fstat(fd, &st) == 0 ? (unsigned long)st.st_ino : 0;
 }
 
-/* The child's whole job: echo lines back, tagged, until the client's EOF. */
+/* The child's whole job: echo lines back on conn, tagged, until the client's
+ * end-of-file. conn stays open; the caller closes it. */
 static void echo_lines(const struct nar *n, int conn)
 {
 	char line[512], reply[600];
@@ -73,57 +76,10 @@ static void echo_lines(const struct nar *n, int conn)
 		say(n, "the client was silent for %d s; giving up on it", WAIT_MS * 3 / 1000);
 }
 
-/*
- * The client, a process of its own: connects, and once the parent says the
- * child is there, sends two lines, reads the echoes and shuts down its write
- * side; then - only once the parent says the child has exited - checks
- * within ABSENT_MS whether the connection reached EOF. (The parent orders
- * these steps with a pipe so that every run tells the same story.)
- * Exit status: 0 EOF seen, 3 no EOF (someone still holds the connection).
- */
-static int client(const struct nar *n, int port, int go_fd)
-{
-	ev(n, "connect", "parent", "port=%d", port); /* before: accept() cannot return earlier */
-	int fd = connect_loopback(port);
-	if (fd < 0)
-		die("client: connect");
-	say(n, "connect(127.0.0.1:%d) -> fd %d", port, fd);
-	char go;
-	if (read_within(go_fd, &go, 1, WAIT_MS) != 1) /* the parent has forked the child */
-		die("client: no word from the parent");
-	const char *lines[] = { "hello\n", "inherited\n" };
-	for (size_t i = 0; i < 2; i++) {
-		char reply[600];
-		/* recorded before the write: once the line is out, the child may
-		 * record its echo, and the diagram must show the send first */
-		ev(n, "send", "child", "bytes=%zu", strlen(lines[i]));
-		if (write_all(fd, lines[i], strlen(lines[i])) < 0)
-			die("client: write");
-		if (read_line(fd, reply, sizeof reply, WAIT_MS) <= 0)
-			die("client: no echo from the server");
-		reply[strcspn(reply, "\n")] = '\0';
-		say(n, "sent \"%.*s\", got back \"%s\"", (int)strlen(lines[i]) - 1, lines[i], reply);
-	}
-	shutdown(fd, SHUT_WR); /* "no more from me": the child's read() returns 0 */
-	say(n, "shutdown(SHUT_WR): told the server I am done sending");
-
-	if (read_within(go_fd, &go, 1, WAIT_MS) != 1) /* the child has exited */
-		die("client: no word from the parent");
-	char buf[64];
-	ssize_t r = read_within(fd, buf, sizeof buf, ABSENT_MS);
-	close(fd);
-	if (r == 0) {
-		say(n, "read() -> 0: end-of-file, the connection is really closed");
-		ev(n, "eof", NULL, "seen=1");
-		return 0;
-	}
-	say(n, "no end-of-file %d ms after the child exited: someone still holds the connection",
-	    ABSENT_MS);
-	ev(n, "eof", NULL, "seen=0 waited_ms=%d", ABSENT_MS);
-	return 3;
-}
-
-static int demo(struct nar *n, int keep_parent_copy)
+/* The narrated demo: the early worker, the built-in client, the child that
+ * serves the connection. Every descriptor it opens is closed before it
+ * returns; every child is reaped. */
+static int demo(struct nar *n, int keep_parent_copy, const char *cp)
 {
 	int port, lfd = listen_loopback(0, &port);
 	if (lfd < 0)
@@ -142,6 +98,8 @@ static int demo(struct nar *n, int keep_parent_copy)
 		n->role = "worker";
 		close(ip[1]);
 		close(lfd);
+		if (checkpoint(cp, "early-worker") < 0) /* the tests: ip[0] only */
+			die("worker: checkpoint");
 		unsigned long inode = 0;
 		char num[32] = "";
 		if (read_within(ip[0], num, sizeof num - 1, WAIT_MS) > 0)
@@ -173,7 +131,7 @@ static int demo(struct nar *n, int keep_parent_copy)
 		close(go[1]);
 		close(lfd);
 		close(ip[1]);
-		_exit(client(n, port, go[0]));
+		_exit(demo_client(n, port, go[0], cp));
 	}
 	close(go[0]);
 
@@ -189,6 +147,7 @@ static int demo(struct nar *n, int keep_parent_copy)
 	if (reap_child(early, WAIT_MS, &est) < 0 || !WIFEXITED(est) || WEXITSTATUS(est) != 0)
 		ok = 0;
 
+	/* lesson: fork_after_accept */
 	pid_t child = fork();
 	if (child < 0)
 		die("fork");
@@ -196,6 +155,8 @@ static int demo(struct nar *n, int keep_parent_copy)
 		n->role = "child";
 		close(lfd); /* a child that serves one connection does not accept */
 		close(go[1]);
+		if (checkpoint(cp, "child") < 0) /* the tests: conn, and nothing else */
+			die("child: checkpoint");
 		say(n, "I inherited fd %d (socket:[%lu]) from my parent: serving it", conn, inode_of(conn));
 		echo_lines(n, conn);
 		say(n, "the client is done; close(fd %d)", conn);
@@ -215,6 +176,7 @@ static int demo(struct nar *n, int keep_parent_copy)
 		       "descriptor for it is closed", conn);
 		ev(n, "keep", NULL, "fd=%d", conn);
 	}
+	/* end lesson */
 	(void)!write(go[1], "g", 1); /* client: the child is there, start talking */
 
 	int st;
@@ -241,8 +203,13 @@ static int demo(struct nar *n, int keep_parent_copy)
 	return ok && eof_seen == !keep_parent_copy ? EXIT_LESSON : EXIT_RUNTIME;
 }
 
-/* --serve: fork a child per connection, as in the article's rejected design. */
-static int serve(struct nar *n, int port, int keep_parent_copy)
+/*
+ * --serve: fork a child per connection, as in the article's rejected
+ * design. Each child owns its connection and closes everything else it
+ * inherited; the parent closes its copy (or, --keep-parent-copy, keeps it
+ * until shutdown). Children are reaped; every descriptor is closed on return.
+ */
+static int serve(struct nar *n, int port, int keep_parent_copy, const char *cp)
 {
 	int lfd = listen_loopback(port, &port);
 	if (lfd < 0)
@@ -290,9 +257,10 @@ static int serve(struct nar *n, int port, int keep_parent_copy)
 			close(conn);
 			continue;
 		}
+		/* lesson: fork_per_connection */
 		if (child == 0) {
 			n->role = "child";
-			close(lfd);
+			close(lfd); /* the listener is the parent's: a child only serves */
 			close(sfd);
 			if (spare >= 0)
 				close(spare);
@@ -300,6 +268,8 @@ static int serve(struct nar *n, int port, int keep_parent_copy)
 			 * inherited too; a child serves only its own */
 			for (int i = 0; i < nkept; i++)
 				close(kept[i]);
+			if (checkpoint(cp, "child") < 0) /* the tests: conn, and nothing else */
+				die("child: checkpoint");
 			unblock_signals();
 			echo_lines(n, conn);
 			close(conn);
@@ -309,7 +279,8 @@ static int serve(struct nar *n, int port, int keep_parent_copy)
 		if (keep_parent_copy)
 			kept[nkept++] = conn;
 		else
-			close(conn);
+			close(conn); /* the child's copy is the one that serves */
+		/* end lesson */
 		/* said after the close, so a reader of this line knows it happened */
 		say(n, "accept() -> fd %d, child %d serves it; %s", conn, (int)child,
 		    keep_parent_copy ? "I keep my copy (--keep-parent-copy)" : "my copy is closed");
@@ -334,20 +305,27 @@ int main(int argc, char **argv)
 	static const struct option longopts[] = {
 		COMMON_LONGOPTS,
 		{ "keep-parent-copy", no_argument, NULL, OPT_STAGE },
+		{ "checkpoint", required_argument, NULL, OPT_STAGE + 1 },
 		{ 0 },
 	};
 	struct common_opts o = { 0 };
 	int keep_parent_copy = 0, c;
-	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1)
-		if (!common_opt(&o, c, optarg, usage))
+	const char *cp = NULL;
+	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+		if (common_opt(&o, c, optarg, usage))
+			continue;
+		if (c == OPT_STAGE)
 			keep_parent_copy = 1;
+		else
+			cp = optarg;
+	}
 	common_done(&o, argc, argv, usage);
 	signal(SIGPIPE, SIG_IGN); /* a client that left is an EPIPE, handled where it happens */
 
 	struct nar n;
 	if (nar_open(&n, "parent", o.trace, o.mermaid) < 0)
 		die("open trace file");
-	int rc = o.serve ? serve(&n, o.port, keep_parent_copy) : demo(&n, keep_parent_copy);
+	int rc = o.serve ? serve(&n, o.port, keep_parent_copy, cp) : demo(&n, keep_parent_copy, cp);
 	if (o.mermaid)
 		nar_mermaid(&n, stdout);
 	nar_close(&n);

@@ -20,18 +20,18 @@
  * close(2), recv(2).
  */
 #define _GNU_SOURCE
+#include "../01-basic-fork/checkpoint.h"
 #include "../common/cli.h"
 #include "../common/narrate.h"
 #include "../common/util.h"
+#include "relay.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -42,19 +42,25 @@ static const char usage[] =
 	"Stage 02: the parent<->worker channel made with socketpair(AF_UNIX).\n"
 	"  --type T           stream or seqpacket (default: the demo shows both)\n"
 	"  --keep-unused-end  break it: the worker keeps the parent's end, and never\n"
-	"                     sees end-of-file\n" COMMON_USAGE;
+	"                     sees end-of-file\n" COMMON_USAGE CHECKPOINT_USAGE;
 
 static const char *const type_names[] = { "stream", "seqpacket", NULL };
-static const int type_values[] = { SOCK_STREAM, SOCK_SEQPACKET };
+const int type_values[] = { SOCK_STREAM, SOCK_SEQPACKET };
 
-/* The worker's side of the demo. `go` is a pipe the parent uses to say
- * "your turn", so that each step happens at a moment we choose and every
- * run tells the same story (and draws the same diagram). */
-static int worker(const struct nar *n, int ch, int unused, int go, const char *type)
+/*
+ * worker: the worker's side of the demo. It closes `unused` (the parent's
+ * end; -1 with --keep-unused-end) and talks over ch until the parent's
+ * end-of-file; ch and go stay open for the caller (the process exits).
+ * `go` is a pipe the parent uses to say "your turn", so that each step
+ * happens at a moment the parent chooses and the diagram is the same in
+ * every run. Returns the exit status: 0 end-of-file seen, 3 none, 1 failure.
+ */
+static int worker(const struct nar *n, int ch, int unused, int go, const char *type, const char *cp)
 {
 	char buf[64], g;
 	if (read_within(go, &g, 1, WAIT_MS) != 1)
 		return 1;
+	/* lesson: close_the_other_end_worker */
 	if (unused >= 0) {
 		close(unused);
 		say(n, "close(fd %d): that end is the parent's; I keep fd %d", unused, ch);
@@ -63,6 +69,9 @@ static int worker(const struct nar *n, int ch, int unused, int go, const char *t
 		say(n, "--keep-unused-end: I keep the parent's end open as well");
 		ev(n, "keep", NULL, "unused_end=1");
 	}
+	/* end lesson */
+	if (checkpoint(cp, "worker") < 0) /* the tests: ch and go, nothing else */
+		return 1;
 	/* 1. the channel works both ways: a message down, one up */
 	ssize_t r = read_within(ch, buf, sizeof buf - 1, WAIT_MS);
 	if (r <= 0)
@@ -103,6 +112,7 @@ static int worker(const struct nar *n, int ch, int unused, int go, const char *t
 	/* 3. end-of-file: the parent has closed its end and says go */
 	if (read_within(go, &g, 1, WAIT_MS) != 1)
 		return 1;
+	/* lesson: eof_on_the_channel */
 	r = read_within(ch, buf, sizeof buf, ABSENT_MS);
 	if (r == 0) {
 		say(n, "read -> 0: end-of-file, the parent has closed the channel; I can exit");
@@ -113,12 +123,19 @@ static int worker(const struct nar *n, int ch, int unused, int go, const char *t
 	       "still open - in *my* descriptor table", ABSENT_MS);
 	ev(n, "eof", NULL, "seen=0 waited_ms=%d", ABSENT_MS);
 	return 3;
+	/* end lesson */
 }
 
-static int demo(struct nar *n, int type, int keep_unused_end)
+/*
+ * demo: one run on one socket type. The parent makes the pair, forks the
+ * worker, closes the worker's end, talks, and closes its own end; both ends
+ * are closed and the worker is reaped before it returns.
+ */
+static int demo(struct nar *n, int type, int keep_unused_end, const char *cp)
 {
 	const char *tname = type_names[type];
 	int sv[2], go[2];
+	/* lesson: socketpair_fork */
 	if (socketpair(AF_UNIX, type_values[type] | SOCK_CLOEXEC, 0, sv) < 0)
 		die("socketpair");
 	if (pipe2(go, O_CLOEXEC) < 0)
@@ -134,7 +151,7 @@ static int demo(struct nar *n, int type, int keep_unused_end)
 	if (pid == 0) {
 		n->role = "worker";
 		close(go[1]);
-		_exit(worker(n, sv[1], keep_unused_end ? -1 : sv[0], go[0], tname));
+		_exit(worker(n, sv[1], keep_unused_end ? -1 : sv[0], go[0], tname, cp));
 	}
 	close(go[0]);
 	say(n, "fork() -> worker %d; both of us now hold both ends", (int)pid);
@@ -142,6 +159,9 @@ static int demo(struct nar *n, int type, int keep_unused_end)
 	say(n, "close(fd %d): that end is the worker's; I keep fd %d", sv[1], sv[0]);
 	ev(n, "close", NULL, "fd=%d", sv[1]);
 	int ch = sv[0];
+	/* end lesson */
+	if (checkpoint(cp, "parent") < 0) /* the tests: ch and go[1], nothing else */
+		die("checkpoint");
 
 	char buf[64];
 	const char hello[] = "hello worker";
@@ -188,115 +208,27 @@ static int demo(struct nar *n, int type, int keep_unused_end)
 	return reads == expect_reads && eof == !keep_unused_end ? EXIT_LESSON : EXIT_RUNTIME;
 }
 
-/* --serve: every line a TCP client sends goes to the worker over the
- * channel and the worker's answer comes back. One client at a time. */
-static void relay_worker(const struct nar *n, int ch, int type)
-{
-	char line[512], reply[600];
-	for (;;) {
-		ssize_t r = type == 0 ? read_line(ch, line, sizeof line, -1)
-				      : read_within(ch, line, sizeof line - 1, -1);
-		if (r <= 0)
-			return; /* EOF: the parent closed the channel - time to go */
-		/* the tag, then the bytes as they came (a NUL among them included) */
-		int len = snprintf(reply, sizeof reply, "[%s %d] ", n->role, (int)getpid());
-		memcpy(reply + len, line, (size_t)r);
-		if (write_all(ch, reply, (size_t)len + (size_t)r) < 0)
-			return;
-	}
-}
-
-static int serve(struct nar *n, int port, int type)
-{
-	int sv[2];
-	if (socketpair(AF_UNIX, type_values[type] | SOCK_CLOEXEC, 0, sv) < 0)
-		die("socketpair");
-	int lfd = listen_loopback(port, &port);
-	if (lfd < 0)
-		die("socket/bind/listen on 127.0.0.1:%d", port);
-	int sfd = signal_fd(0);
-	if (sfd < 0)
-		die("signalfd");
-	pid_t pid = fork();
-	if (pid < 0)
-		die("fork");
-	if (pid == 0) {
-		n->role = "worker";
-		close(sv[0]);
-		close(lfd);
-		close(sfd);
-		relay_worker(n, sv[1], type);
-		_exit(0);
-	}
-	close(sv[1]);
-	int ch = sv[0], running = 1, spare = spare_fd();
-	announce_listening(port);
-	say(n, "worker %d is at the other end of the channel (fd %d)", (int)pid, ch);
-	while (running) {
-		struct pollfd p[2] = { { .fd = lfd, .events = POLLIN }, { .fd = sfd, .events = POLLIN } };
-		if (poll(p, 2, -1) < 0 && errno != EINTR)
-			die("poll");
-		if (p[1].revents)
-			break;
-		if (!(p[0].revents & POLLIN))
-			continue;
-		int c = accept_shedding(lfd, &spare);
-		if (c < 0)
-			continue;
-		char line[512], reply[600];
-		for (;;) {
-			struct pollfd q[2] = { { .fd = c, .events = POLLIN }, { .fd = sfd, .events = POLLIN } };
-			if (poll(q, 2, WAIT_MS * 3) <= 0 || q[1].revents) {
-				running = !q[1].revents;
-				break;
-			}
-			ssize_t r = read_line(c, line, sizeof line - 1, WAIT_MS); /* room for a '\n' */
-			if (r <= 0)
-				break;
-			/* On a stream channel the '\n' is the only message boundary:
-			 * a line cut short (too long, or the client's last bytes)
-			 * gets one, or the worker would wait for it forever. */
-			if (type == 0 && line[r - 1] != '\n')
-				line[r++] = '\n';
-			if (write_all(ch, line, (size_t)r) < 0)
-				die("write to the worker");
-			ssize_t w = type == 0 ? read_line(ch, reply, sizeof reply, WAIT_MS)
-					      : read_within(ch, reply, sizeof reply, WAIT_MS);
-			if (w <= 0)
-				die("read from the worker");
-			if (write_all(c, reply, (size_t)w) < 0)
-				break;
-		}
-		close(c);
-	}
-	if (spare >= 0)
-		close(spare);
-	close(ch); /* the worker's read returns 0 and it exits */
-	int st;
-	if (reap_child(pid, WAIT_MS, &st) < 0)
-		say(n, "worker %d did not exit in time: killed", (int)pid);
-	close(sfd);
-	close(lfd);
-	return EXIT_LESSON;
-}
-
 int main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		COMMON_LONGOPTS,
 		{ "type", required_argument, NULL, OPT_STAGE },
 		{ "keep-unused-end", no_argument, NULL, OPT_STAGE + 1 },
+		{ "checkpoint", required_argument, NULL, OPT_STAGE + 2 },
 		{ 0 },
 	};
 	struct common_opts o = { 0 };
 	int type = -1, keep = 0, c;
+	const char *cp = NULL;
 	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
 		if (common_opt(&o, c, optarg, usage))
 			continue;
 		if (c == OPT_STAGE)
 			type = parse_choice("--type", optarg, type_names);
-		else
+		else if (c == OPT_STAGE + 1)
 			keep = 1;
+		else
+			cp = optarg;
 	}
 	common_done(&o, argc, argv, usage);
 	if (o.serve && keep)
@@ -308,14 +240,14 @@ int main(int argc, char **argv)
 		die("open trace file");
 	int rc;
 	if (o.serve) {
-		rc = serve(&n, o.port, type < 0 ? 1 : type);
+		rc = serve(&n, o.port, type < 0 ? 1 : type, cp);
 	} else if (type >= 0) {
-		rc = demo(&n, type, keep);
+		rc = demo(&n, type, keep, cp);
 	} else {
 		say(&n, "first on a stream socket, then on a seqpacket socket");
-		rc = demo(&n, 0, keep);
+		rc = demo(&n, 0, keep, cp);
 		if (rc == EXIT_LESSON)
-			rc = demo(&n, 1, keep);
+			rc = demo(&n, 1, keep, cp);
 	}
 	if (o.mermaid)
 		nar_mermaid(&n, stdout);

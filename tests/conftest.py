@@ -11,6 +11,12 @@ How "nothing left behind" is proven, without sleeps:
   * the test process itself must hold the same descriptors after a test as
     before it (a test that forgot to close a socket fails too).
 
+How a child's descriptor table is checked from outside: `fd_table(pid)`
+reads /proc/PID/fd and names each entry's kind (a listening TCP socket, a
+connection, a Unix socket, a pipe, ...); the `checkpoints` fixture gives a
+program `--checkpoint PATH`, where it stops at chosen moments until the test
+has read its table (01-basic-fork/checkpoint.h).
+
 Environment: SAN=1 (set by `make check`) runs the sanitizer build in
 build-asan/ instead of the in-place binaries.
 """
@@ -19,8 +25,11 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
+import socket
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -308,3 +317,169 @@ def readme_diagrams(stage_dir):
     """Every ```mermaid block of a stage's README.md, stripped."""
     text = (ROOT / stage_dir / "README.md").read_text()
     return [b.split("```", 1)[0].strip() for b in text.split("```mermaid")[1:]]
+
+
+# ------------------------------------------------------------ descriptor tables
+
+
+def socket_kinds():
+    """{inode: kind} for the TCP and Unix sockets of this network namespace,
+    from /proc/net/{tcp,tcp6,unix}: "tcp-listen", "tcp" (any other state) or
+    "unix"."""
+    kinds = {}
+    for name in ("tcp", "tcp6"):
+        with open(f"/proc/net/{name}") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                kinds[int(fields[9])] = "tcp-listen" if fields[3] == "0A" else "tcp"
+    with open("/proc/net/unix") as f:
+        for line in f.readlines()[1:]:
+            kinds[int(line.split()[6])] = "unix"
+    return kinds
+
+
+def _target_kind(target, kinds):
+    """(kind, inode) of one /proc/PID/fd link target."""
+    if m := re.fullmatch(r"socket:\[(\d+)\]", target):
+        return kinds.get(int(m.group(1)), "socket"), int(m.group(1))
+    if m := re.fullmatch(r"pipe:\[(\d+)\]", target):
+        return "pipe", int(m.group(1))
+    if m := re.fullmatch(r"anon_inode:\[?([a-z_]+)\]?", target):
+        return m.group(1), None  # "eventpoll", "signalfd", ...
+    return "file:" + target, None
+
+
+def _held_by_test():
+    """The link targets of the test process's own descriptors."""
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass
+    return out
+
+
+def fd_table(pid, skip=()):
+    """What process `pid` holds, read from /proc/PID/fd: {fd: (kind, inode)}.
+
+    kind is "tcp-listen", "tcp", "unix", "pipe", "eventpoll", "signalfd",
+    "file:PATH", ...; inode is the socket's or pipe's inode (None otherwise).
+    Left out: 0, 1 and 2, the numbers in `skip`, and every object the test
+    process holds itself (the watch pipe, the pipes of the program's stdout
+    and stderr) - so what remains is what the program opened or inherited
+    from its parent. Raises OSError if the process is gone."""
+    kinds = socket_kinds()
+    mine = _held_by_test()
+    table = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        fd = int(name)
+        if fd <= 2 or fd in skip:
+            continue
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+        except FileNotFoundError:
+            continue  # closed while we looked: only possible if it is running
+        if target in mine:
+            continue
+        table[fd] = _target_kind(target, kinds)
+    return table
+
+
+def kinds_of(table):
+    """The sorted kinds of a fd_table(): ["pipe", "tcp", "unix"]."""
+    return sorted(kind for kind, _ in table.values())
+
+
+def inodes_of(table, kind):
+    """The inodes of one kind in a fd_table()."""
+    return sorted(inode for k, inode in table.values() if k == kind)
+
+
+def read_line_within(sock, timeout=WAIT, cap=4096):
+    """One '\\n'-terminated line from a socket, bounded; raises on end-of-file
+    or timeout (where a line was expected)."""
+    sock.settimeout(timeout)
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            raise EOFError(f"end-of-file after {buf!r}, a line was expected")
+        buf += chunk
+        if len(buf) > cap:
+            raise ValueError(f"line longer than {cap} bytes: {buf[:80]!r}...")
+    return buf.decode()
+
+
+class Stop:
+    """One stop at a checkpoint: label, pid, and the fd_table() then."""
+
+    def __init__(self, label, pid, table):
+        self.label, self.pid, self.table = label, pid, table
+
+    def __repr__(self):
+        return f"Stop({self.label!r}, pid={self.pid}, {self.table})"
+
+
+class Checkpoints:
+    """The test's end of `--checkpoint PATH` (01-basic-fork/checkpoint.h).
+
+    A thread accepts one connection per stop, reads "PID FD LABEL", records
+    fd_table(PID) (leaving out FD, the connection itself) and answers one
+    byte, which lets the process go on. `args` is the option to hand to the
+    program; `at(label)` the stops recorded under a label; `errors` anything
+    that went wrong in the thread (checked by `close()`)."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="cp", dir="/tmp")  # short: sun_path is 108 bytes
+        self.path = os.path.join(self.dir, "s")
+        self.args = ["--checkpoint", self.path]
+        self.stops, self.errors = [], []
+        self._lock = threading.Lock()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(self.path)
+        self._sock.listen(64)
+        self._quit_r, self._quit_w = os.pipe()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        while True:
+            r, _, _ = select.select([self._sock, self._quit_r], [], [])
+            if self._quit_r in r:
+                return
+            conn, _ = self._sock.accept()
+            with conn:
+                try:
+                    pid, fd, label = read_line_within(conn).split()
+                    stop = Stop(label, int(pid), fd_table(int(pid), skip={int(fd)}))
+                    with self._lock:
+                        self.stops.append(stop)
+                    conn.sendall(b"k")
+                except Exception as e:  # recorded; close() fails the test with it
+                    with self._lock:
+                        self.errors.append(repr(e))
+
+    def at(self, label):
+        with self._lock:
+            return [s for s in self.stops if s.label == label]
+
+    def close(self):
+        os.write(self._quit_w, b"q")
+        self._thread.join(WAIT)
+        assert not self._thread.is_alive(), "checkpoint thread did not end"
+        self._sock.close()
+        os.close(self._quit_r)
+        os.close(self._quit_w)
+        shutil.rmtree(self.dir)
+        assert not self.errors, f"checkpoint errors: {self.errors}"
+
+
+@pytest.fixture
+def checkpoints():
+    """A Checkpoints (see there), closed and checked at teardown."""
+    cp = Checkpoints()
+    try:
+        yield cp
+    finally:
+        cp.close()

@@ -14,7 +14,7 @@ import socket
 
 import pytest
 
-from conftest import WAIT, mermaid_of, read_trace, readme_diagrams, run, wait_eof
+from conftest import WAIT, inodes_of, kinds_of, mermaid_of, read_trace, readme_diagrams, run, wait_eof
 
 PROG = "01-basic-fork/basic_fork"
 
@@ -51,6 +51,28 @@ def test_demo_worker_forked_before_accept_has_no_descriptor(tmp_path):
     (accept,) = events(t, "parent", "accept")
     (look,) = events(t, "worker", "proc_fd")
     assert look["inode"] == accept["inode"] and look["found"] == 0
+
+
+@pytest.mark.parametrize("args", [[], ["--keep-parent-copy"]])
+def test_demo_descriptor_tables_from_outside(tmp_path, checkpoints, args):
+    """Each child holds what it should and nothing it inherited by mistake:
+    the early worker only its pipe, the client its connection and its pipe,
+    the serving child only the accepted connection - no listening socket."""
+    trace = tmp_path / "t.jsonl"
+    run(PROG, *args, *checkpoints.args, "--trace", trace)
+    t = read_trace(trace)
+    (accept,) = events(t, "parent", "accept")
+    (early,) = checkpoints.at("early-worker")
+    (client,) = checkpoints.at("client")
+    (child,) = checkpoints.at("child")
+    trace_file = f"file:{trace}"
+    for stop in (early, client, child):
+        stop.table = {fd: k for fd, k in stop.table.items() if k[0] != trace_file}
+    assert kinds_of(early.table) == ["pipe"], early
+    assert kinds_of(client.table) == ["pipe", "tcp"], client
+    assert kinds_of(child.table) == ["tcp"], child
+    assert inodes_of(child.table, "tcp") == [accept["inode"]]
+    assert child.pid == events(t, "child", "inherited")[0]["pid"]
 
 
 def test_keep_parent_copy_client_never_sees_eof(tmp_path):
@@ -106,6 +128,23 @@ def _echo_then_half_close(server):
     # the server says so only after it has closed (or kept) its copy
     server.wait_line(rf"child {child} serves it")
     return c, child
+
+
+@pytest.mark.parametrize("args", [[], ["--keep-parent-copy"]])
+def test_serve_child_holds_only_its_connection(serve, checkpoints, args):
+    """Checked from outside while the child is stopped at its checkpoint: the
+    connection it serves, and no listening socket, signalfd, spare
+    descriptor or connection of a sibling."""
+    s = serve(PROG, *args, *checkpoints.args)
+    c1, child1 = _echo_then_half_close(s)
+    c2, child2 = _echo_then_half_close(s)
+    with c1, c2:
+        stops = {st.pid: st for st in checkpoints.at("child")}
+        for c, child in ((c1, child1), (c2, child2)):
+            table = stops[child].table
+            assert kinds_of(table) == ["tcp"], table
+            assert inodes_of(table, "tcp") == [_server_side_inode(c)]
+    s.stop()
 
 
 def test_serve_parent_closes_its_copy(serve):

@@ -13,7 +13,7 @@ import socket
 
 import pytest
 
-from conftest import WAIT, mermaid_of, read_trace, readme_diagrams, run
+from conftest import WAIT, inodes_of, kinds_of, mermaid_of, read_trace, readme_diagrams, run
 
 PROG = "02-socketpair/socketpair"
 
@@ -51,6 +51,26 @@ def test_each_side_closes_the_other_end(tmp_path, kind):
     assert results(r)[0]["eof_seen"] == "1"
 
 
+@pytest.mark.parametrize("keep", [0, 1], ids=["closed", "keep-unused-end"])
+@pytest.mark.parametrize("kind", ["stream", "seqpacket"])
+def test_demo_descriptor_tables_from_outside(checkpoints, kind, keep):
+    """Read from /proc/PID/fd while each side is stopped right after closing
+    the end it does not use: one end of the pair each (and its go pipe),
+    not the same one - unless the worker was told to keep the parent's."""
+    run(PROG, "--type", kind, *(["--keep-unused-end"] if keep else []), *checkpoints.args)
+    (parent,) = checkpoints.at("parent")
+    (worker,) = checkpoints.at("worker")
+    assert kinds_of(parent.table) == ["pipe", "unix"], parent
+    p_end = inodes_of(parent.table, "unix")
+    if keep:
+        # the break-it switch: the worker still holds the parent's end too
+        assert kinds_of(worker.table) == ["pipe", "unix", "unix"], worker
+        assert set(p_end) < set(inodes_of(worker.table, "unix"))
+    else:
+        assert kinds_of(worker.table) == ["pipe", "unix"], worker
+        assert inodes_of(worker.table, "unix") != p_end
+
+
 @pytest.mark.parametrize("kind", ["stream", "seqpacket"])
 def test_keep_unused_end_hides_eof(tmp_path, kind):
     trace = tmp_path / "t.jsonl"
@@ -79,6 +99,24 @@ def test_serve_relays_through_the_worker(serve, kind):
 
 
 @pytest.mark.parametrize("kind", ["stream", "seqpacket"])
+def test_serve_worker_holds_only_its_end(serve, checkpoints, kind):
+    """The relay's worker, from outside: its end of the channel and nothing
+    else - not the parent's end (or the stop below would need a kill), not
+    the listening socket, not the signalfd. Then a clean stop: exit 0,
+    which the server gives only when the worker left on end-of-file."""
+    s = serve(PROG, "--type", kind, *checkpoints.args)
+    with socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) as c:
+        c.sendall(b"hi\n")
+        with c.makefile("rb") as f:
+            reply = f.readline()
+    assert reply.endswith(b"] hi\n")
+    (worker,) = checkpoints.at("worker")
+    assert worker.pid == int(reply.split()[1].rstrip(b"]"))
+    assert kinds_of(worker.table) == ["unix"], worker
+    assert s.stop() == 0
+
+
+@pytest.mark.parametrize("kind", ["stream", "seqpacket"])
 def test_serve_long_and_unterminated_lines(serve, kind):
     """A line longer than the relay's buffer, and a last line without '\\n':
     every byte comes back through the worker, and the server stays up."""
@@ -98,8 +136,10 @@ def test_serve_long_and_unterminated_lines(serve, kind):
             assert f.readline().endswith(b"] again\n")
 
 
-def test_readme_diagram_is_a_real_run():
-    assert mermaid_of(run(PROG, "--mermaid")) in readme_diagrams("02-socketpair")
+@pytest.mark.parametrize("kind", ["stream", "seqpacket"])
+def test_readme_diagrams_are_real_runs(kind):
+    """One diagram per socket type, each from a fresh run of that type."""
+    assert mermaid_of(run(PROG, "--type", kind, "--mermaid")) in readme_diagrams("02-socketpair")
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,12 @@
 #include <unistd.h>
 
 #define OUT_MAX 2048 /* a connection's pending response bytes */
+/* One connection's share of a turn of the event loop: at most this many
+ * read-respond-write rounds, and this many raw bytes read. A client that
+ * pipelines without end, or floods records that carry no data, waits for
+ * the next turn like everyone else instead of starving them. */
+#define TURN_ROUNDS 4
+#define TURN_BYTES (64 * 1024)
 /* --tls: the sealed form of a full response buffer */
 #define TOUT_MAX (OUT_MAX + 4 * (REC_HEADER + 1 + REC_TAG + 8))
 
@@ -41,6 +47,7 @@ struct conn {
 	int linger;          /* after an error answer: shut down our side, discard the rest */
 	int lingering;       /* ... and now waiting for the client's EOF (bounded) */
 	long long deadline;  /* the request head must be in by then */
+	size_t turn_left;    /* raw bytes it may still read in this turn */
 	size_t in_len, out_len, out_off;
 	char in[HTTP_REQ_MAX];
 	char out[OUT_MAX];
@@ -58,7 +65,19 @@ static void tls_goodbye(struct conn *c)
 {
 	uint8_t rec[64];
 	size_t len;
-	if (c->tls && c->bye >= 0 && tlsx_seal_alert(c->tls, c->bye, rec, sizeof rec, &len) == 0)
+	/* Never into the middle of a record: the rest of a half-sent one goes
+	 * first, and if the socket will not take it now, no alert at all (RFC
+	 * 8446 section 5: records are not interleaved within one another). */
+	while (c->tls && c->tout_off < c->tout_len) {
+		ssize_t r = send(c->fd, c->tout + c->tout_off, c->tout_len - c->tout_off,
+				 MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (r <= 0 && !(r < 0 && errno == EINTR))
+			break;
+		if (r > 0)
+			c->tout_off += (size_t)r;
+	}
+	if (c->tls && c->bye >= 0 && c->tout_off >= c->tout_len &&
+	    tlsx_seal_alert(c->tls, c->bye, rec, sizeof rec, &len) == 0)
 		(void)!send(c->fd, rec, len, MSG_NOSIGNAL | MSG_DONTWAIT);
 	c->bye = -1;
 }
@@ -130,8 +149,10 @@ int conn_add(struct worker *w, int fd, const uint8_t *state, size_t len)
 	return 0;
 }
 
-/* Appends the responses to every complete request buffered (pipelining). */
-static void conn_respond(struct worker *w, struct conn *c)
+/* Appends the responses to every complete request buffered (pipelining),
+ * as many as the output buffer takes. 1: it stopped for room with requests
+ * still buffered (call it again once the output is out); 0: nothing left. */
+static int conn_respond(struct worker *w, struct conn *c)
 {
 	while (!c->closing && OUT_MAX - c->out_len >= 512) {
 		size_t used, tlen;
@@ -141,7 +162,7 @@ static void conn_respond(struct worker *w, struct conn *c)
 		if (r == HTTP_MORE) {
 			if (c->peer_eof)
 				c->closing = 1; /* half a request, and no more coming */
-			return;
+			return 0;
 		}
 		if (r == HTTP_BAD) {
 			c->out_len += http_error(c->out + c->out_len, OUT_MAX - c->out_len, 400);
@@ -149,7 +170,7 @@ static void conn_respond(struct worker *w, struct conn *c)
 			c->in_len = 0;
 			if (w->cfg->verbose)
 				say(w->n, "fd %d: malformed or oversized request -> 400, closing", c->fd);
-			return;
+			return 0;
 		}
 		if (w->draining)
 			ka = 0; /* shutting down: this is the connection's last answer */
@@ -165,6 +186,7 @@ static void conn_respond(struct worker *w, struct conn *c)
 		if (!ka)
 			c->closing = 1;
 	}
+	return !c->closing && c->in_len > 0;
 }
 
 /*
@@ -177,8 +199,16 @@ static void conn_respond(struct worker *w, struct conn *c)
  */
 static ssize_t conn_recv(struct conn *c, char *buf, size_t cap)
 {
-	if (!c->tls)
-		return read(c->fd, buf, cap);
+	if (c->turn_left == 0) { /* this turn's share is used up: the next turn */
+		errno = EAGAIN;
+		return -1;
+	}
+	if (!c->tls) {
+		ssize_t r = read(c->fd, buf, cap < c->turn_left ? cap : c->turn_left);
+		if (r > 0)
+			c->turn_left -= (size_t)r;
+		return r;
+	}
 	for (;;) {
 		int ev = 0;
 		size_t k = tlsx_read(c->tls, buf, cap, &ev);
@@ -187,8 +217,13 @@ static ssize_t conn_recv(struct conn *c, char *buf, size_t cap)
 		if (ev == TLSX_WANT_READ) {
 			uint8_t *p;
 			size_t room = tlsx_in_room(c->tls, &p);
-			ssize_t r = read(c->fd, p, room);
+			if (c->turn_left == 0) {
+				errno = EAGAIN; /* records without data count against the share too */
+				return -1;
+			}
+			ssize_t r = read(c->fd, p, room < c->turn_left ? room : c->turn_left);
 			if (r > 0) {
+				c->turn_left -= (size_t)r;
 				tlsx_in_added(c->tls, (size_t)r);
 				continue;
 			}
@@ -242,18 +277,25 @@ static int conn_send(struct conn *c)
 	}
 }
 
-/* Reads, responds, writes; closes when done (c may be freed on return). */
+/* Reads, responds, writes; closes when done (c may be freed on return).
+ * One call is one connection's turn: TURN_ROUNDS rounds and TURN_BYTES of
+ * input at most; what is left waits for the next turn of the loop. */
 static void conn_io(struct worker *w, struct conn *c)
 {
-	if (c->lingering) { /* discard until EOF: closing with unread bytes would send RST */
-		ssize_t r;
-		while ((r = read(c->fd, c->in, sizeof c->in)) > 0)
-			;
-		if (r == 0 || errno != EAGAIN)
+	c->turn_left = TURN_BYTES;
+	if (c->lingering) {
+		/* Discard until EOF: closing with unread bytes would send RST. A
+		 * turn's share at a time: a client that keeps sending is called
+		 * back by level-triggered EPOLLIN, after the others. */
+		ssize_t r = 0;
+		size_t seen = 0;
+		while (seen < TURN_BYTES && (r = read(c->fd, c->in, sizeof c->in)) > 0)
+			seen += (size_t)r;
+		if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
 			conn_close(w, c);
 		return;
 	}
-	for (int round = 0; round < 4; round++) {
+	for (int round = 0; round < TURN_ROUNDS; round++) {
 		while (!c->peer_eof && c->in_len < sizeof c->in) {
 			ssize_t r = conn_recv(c, c->in + c->in_len, sizeof c->in - c->in_len);
 			if (r > 0) {
@@ -271,20 +313,21 @@ static void conn_io(struct worker *w, struct conn *c)
 			conn_close(w, c); /* ECONNRESET and friends: the client is gone */
 			return;
 		}
-		conn_respond(w, c);
+		int held = conn_respond(w, c);
 		int pending = conn_send(c);
 		if (pending < 0) {
 			conn_close(w, c);
 			return;
 		}
+		/* Work that no byte on the socket will wake us for: requests
+		 * buffered behind a full output buffer (pipelining), or, with
+		 * --tls, whole records already read into the session. */
+		int more = !pending && (held || (c->tls && !c->peer_eof && tlsx_buffered(c->tls)));
 		/* Waiting to write: watch for room only. Level-triggered EPOLLIN on a
-		 * client that sends and never reads would spin otherwise. With --tls,
-		 * whole records already read from the socket wake no epoll_wait:
-		 * while some wait in the session, ask to be called back at once
-		 * (EPOLLOUT is ready on a socket with room). */
-		uint32_t mask = pending ? EPOLLOUT
-			      : c->tls && !c->peer_eof && tlsx_buffered(c->tls) ? EPOLLIN | EPOLLOUT
-										: EPOLLIN;
+		 * client that sends and never reads would spin otherwise. With more
+		 * to do, ask to be called back on the next turn (EPOLLOUT is ready on
+		 * a socket with room). */
+		uint32_t mask = pending ? EPOLLOUT : more ? EPOLLIN | EPOLLOUT : EPOLLIN;
 		if (mask != c->mask) {
 			c->mask = mask;
 			ep_mod(w->ep, c->fd, mask, tag(T_CONN, (uint32_t)c->fd));
@@ -304,8 +347,7 @@ static void conn_io(struct worker *w, struct conn *c)
 			conn_close(w, c);
 			return;
 		}
-		/* Loop again only if a full buffer stopped us and there is room now. */
-		if (pending || c->in_len < sizeof c->in || c->peer_eof)
+		if (!more)
 			return;
 	}
 }
@@ -326,7 +368,7 @@ static void worker_sweep(struct worker *w, long long now)
 		}
 		if (now < c->deadline)
 			continue;
-		if (c->in_len > 0 && c->out_len == 0 && !c->lingering) {
+		if (c->in_len > 0 && c->out_len == 0 && c->tout_len == 0 && !c->lingering) {
 			char msg[256];
 			uint8_t sealed[256 + 64];
 			size_t len = http_error(msg, sizeof msg, 408);

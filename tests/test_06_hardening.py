@@ -1,0 +1,88 @@
+"""Stage 06: the server under clients that push it - pipelining without
+pause, floods of records or junk, running out of descriptors, silent TLS
+clients, outsiders on the proxy's Unix sockets - and the worker's descriptor
+table and key material, checked from outside (/proc/PID/fd, /proc/PID/status).
+"""
+
+import os
+import resource
+import socket
+import time
+
+import pytest
+
+from conftest import WAIT
+from test_06_prefork_server import (
+    PROG, counters, counters_until, children, read_response, tls_connect, tls_context,
+    tls_response, until_eof, http_get, tls_get)
+
+QUICK = 3.0  # an answer that is not held back comes well within this
+
+
+def pipelined(n):
+    reqs = b"".join(b"GET /%d HTTP/1.1\r\nHost: t\r\n\r\n" % i for i in range(n - 1))
+    return reqs + b"GET /last HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+
+
+@pytest.mark.parametrize("n", [40, 100])
+def test_pipelined_requests_in_one_write_all_answered_at_once(serve, n):
+    """The worker stops reading when its output buffer is nearly full; it
+    must come back for the requests still buffered once the output is out,
+    not wait for the client to send more (the header timeout is a minute
+    here: a stall shows as a socket timeout)."""
+    s = serve(PROG, "--workers", "1", "--header-timeout", "60000")
+    with socket.create_connection(("127.0.0.1", s.port), timeout=QUICK) as c:
+        c.sendall(pipelined(n))
+        heads = [read_response(c)[2] for _ in range(n)]
+        assert all(h.startswith("HTTP/1.1 200") for h in heads)
+        assert all("keep-alive" in h for h in heads[:-1]) and "Connection: close" in heads[-1]
+        assert until_eof(c) == b""
+
+
+@pytest.mark.parametrize("n", [40, 100])
+def test_tls_pipelined_requests_in_one_write_all_answered_at_once(serve, n):
+    s = serve(PROG, "--workers", "1", "--tls", "--header-timeout", "60000")
+    with tls_connect(s.port, tls_context(), timeout=QUICK) as c:
+        c.sendall(pipelined(n))
+        buf = bytearray()
+        heads = [tls_response(c, buf)[2] for _ in range(n)]
+        assert all(h.startswith("HTTP/1.1 200") for h in heads)
+        assert all("keep-alive" in h for h in heads[:-1]) and "Connection: close" in heads[-1]
+        assert not buf and c.recv(1) == b""
+
+
+def test_a_flooding_client_does_not_starve_another_on_the_same_worker(serve):
+    """One worker, two clients. A sends junk (400, then the worker drains what
+    A still sends until A closes) as fast as it can, from a thread, for as long
+    as the test needs; meanwhile B is answered within a second, every time.
+    The worker reads at most TURN_BYTES of one connection per turn of its
+    loop (worker.c)."""
+    import threading
+
+    s = serve(PROG, "--workers", "1")
+    stop = threading.Event()
+    flood = socket.create_connection(("127.0.0.1", s.port), timeout=WAIT)
+    flood.sendall(b"JUNK\r\n\r\n")
+    assert read_response(flood)[0] == 400
+    chunk = b"x" * (1 << 20)
+
+    def pump():
+        try:
+            while not stop.is_set():
+                flood.sendall(chunk)
+        except OSError:
+            pass  # the worker gave up on us: fine, B's answers are what we check
+
+    t = threading.Thread(target=pump, daemon=True)
+    t.start()
+    try:
+        for _ in range(5):
+            t0 = time.monotonic()
+            status, _, _ = http_get(s.port, timeout=1.0)
+            assert status == 200 and time.monotonic() - t0 < 1.0
+    finally:
+        stop.set()
+        flood.shutdown(socket.SHUT_RDWR)
+        t.join(WAIT)
+        flood.close()
+        assert not t.is_alive()

@@ -163,7 +163,7 @@ ssize_t ktls_recv(int fd, void *buf, size_t cap, int *type, int timeout_ms)
 	while (r < 0 && errno == EINTR);
 	if (r < 0)
 		return -1;
-	*type = KTLS_DATA;
+	*type = CT_APPLICATION_DATA;
 	for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
 		if (c->cmsg_level == SOL_TLS && c->cmsg_type == TLS_GET_RECORD_TYPE) {
 			unsigned char t;
@@ -176,7 +176,7 @@ ssize_t ktls_recv(int fd, void *buf, size_t cap, int *type, int timeout_ms)
 int ktls_send_alert(int fd, int level, int description)
 {
 	unsigned char body[2] = { (unsigned char)level, (unsigned char)description };
-	unsigned char type = KTLS_ALERT;
+	unsigned char type = CT_ALERT;
 	union {
 		char buf[CMSG_SPACE(sizeof type)];
 		struct cmsghdr align;

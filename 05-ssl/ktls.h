@@ -52,13 +52,10 @@ enum { KTLS_TEST_REFUSE_RX = 1 };
  */
 int ktls_install(int fd, const struct rec_dir *rd, const struct rec_dir *wr, unsigned flags);
 
-/* Record content types (RFC 8446, 5.1) as ktls_recv reports them. */
-enum { KTLS_ALERT = 21, KTLS_HANDSHAKE = 22, KTLS_DATA = 23 };
-
 /*
  * One recvmsg(2) on a kTLS socket: bytes of one record type, which goes to
- * *type (application data, or an alert or handshake record that the kernel
- * hands up whole with a TLS_GET_RECORD_TYPE control message). >0 bytes, 0 at
+ * *type (CT_APPLICATION_DATA, or CT_ALERT or CT_HANDSHAKE of record.h: a
+ * record that the kernel hands up whole with a TLS_GET_RECORD_TYPE control message). >0 bytes, 0 at
  * end of file, -1/errno (EBADMSG: a record failed authentication; EIO: a
  * control record did not fit the control buffer). Waits at most timeout_ms
  * (ETIMEDOUT).

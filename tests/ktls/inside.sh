@@ -11,7 +11,7 @@ cd "$1" || exit 1
 export PYTHONDONTWRITEBYTECODE=1
 case $2 in
 test)
-    exec /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/test_ktls.py ;;
+    exec /usr/bin/python3 -m pytest -q -p no:cacheprovider --color=no -rs tests/test_ktls.py ;;
 bench)
     exec /usr/bin/python3 05-ssl/ktls_bench.py ;;
 *)

@@ -34,7 +34,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-/* ---- --zero-byte and --small-control ----------------------------------- */
+/* ---- --zero-byte and --small-control ------------------------------------ */
 
 void breakit_send(struct nar *n, const struct demo_opts *o, int ch, int fd, int extra[2][2])
 {
@@ -88,7 +88,7 @@ int breakit_lost_closed(struct nar *n, int extra[2][2])
 	return all;
 }
 
-/* ---- --no-cloexec: what an exec'd program inherits --------------------- */
+/* ---- --no-cloexec: what an exec'd program inherits ---------------------- */
 
 /* Runs `scm_rights --list-fds` in a child of the worker and waits for it. */
 void worker_exec(const struct nar *n, int fd)
@@ -132,7 +132,7 @@ int list_fds(int trace_fd, int seq_fd)
 	return 0;
 }
 
-/* ---- --classic-receiver ----------------------------------------------- */
+/* ---- --classic-receiver ------------------------------------------------- */
 
 /*
  * The receiver the article leaves to the reader, as the classic books give

@@ -26,7 +26,7 @@
 const char *const kind_names[] = { "socket", "file", "pipe", NULL };
 const char *const channel_names[] = { "stream", "seqpacket", NULL };
 
-/* ---- small helpers ----------------------------------------------------- */
+/* ---- small helpers ------------------------------------------------------ */
 
 struct file_id file_id(int fd)
 {
@@ -56,7 +56,7 @@ int chan_hear(int ch, const char *fmt, int *value)
 	return sscanf(msg, fmt, value) == 1 ? 0 : -1;
 }
 
-/* ---- the client of --kind socket --------------------------------------- */
+/* ---- the client of --kind socket ---------------------------------------- */
 
 /* Connects, waits for the parent's word, sends a line and reports what came
  * back. Exits 0 only if the connection reached end-of-file. */
@@ -96,7 +96,7 @@ static int client(const struct nar *n, int port, int go)
 	return r == 0 ? 0 : 3;
 }
 
-/* ---- the subjects ------------------------------------------------------ */
+/* ---- the subjects ------------------------------------------------------- */
 
 /* A listener, a client process that connects to it, and the accepted
  * connection: s->fd. The client closes ch and other, the parent's. */
@@ -162,7 +162,7 @@ void make_subject(struct nar *n, const struct demo_opts *o, int ch, int other, s
 	s->fd = p[1];
 }
 
-/* ---- what the worker does with it, and what the parent sees ----------- */
+/* ---- what the worker does with it, and what the parent sees ------------- */
 
 void worker_use(const struct nar *n, const struct demo_opts *o, int fd)
 {

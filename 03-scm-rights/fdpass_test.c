@@ -51,7 +51,7 @@ static char current[64];
 		}                                                                          \
 	} while (0)
 
-/* ---- the variants: one socket type each ------------------------------ */
+/* ---- the variants: one socket type each --------------------------------- */
 
 struct variant {
 	const char *name;
@@ -125,7 +125,7 @@ static int recv_into(int sock, struct rx *x, size_t max_fds, unsigned flags)
 	return fdpass_recv(sock, &x->rx);
 }
 
-/* ---- the cases ------------------------------------------------------- */
+/* ---- the cases ---------------------------------------------------------- */
 
 /* 0 or more than 253 descriptors: refused before the kernel is asked. */
 static void send_count(const struct variant *v)
@@ -503,7 +503,7 @@ static void eintr(const struct variant *v)
 	close_all(sv, 2), close_all(sp, 2), close(r[0]);
 }
 
-/* ---- the table: which case runs over which socket types ------------- */
+/* ---- the table: which case runs over which socket types ----------------- */
 
 enum { STREAM = 1, SEQPACKET = 2, DGRAM = 4, ALL = 7 };
 

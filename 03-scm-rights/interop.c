@@ -34,7 +34,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-/* ---- send -------------------------------------------------------------- */
+/* ---- send --------------------------------------------------------------- */
 
 static int unix_socket(const char *path, struct sockaddr_un *sa)
 {
@@ -71,7 +71,7 @@ static int cmd_send(const char *path, char **files, int nfiles)
 	return 0;
 }
 
-/* ---- recv -------------------------------------------------------------- */
+/* ---- recv --------------------------------------------------------------- */
 
 /* One line per received descriptor, then close it. */
 static void describe_and_close(int fd)
@@ -234,7 +234,7 @@ static int cmd_recv(const char *path, long count, long max_fds, int classic)
 	return 0;
 }
 
-/* ---- the command line of send and recv --------------------------------- */
+/* ---- the command line of send and recv ---------------------------------- */
 
 int interop(int argc, char **argv, const char *usage)
 {

@@ -69,7 +69,7 @@ static const char usage[] =
 	"usage: newer_kernels [pidfd_getfd|peerpidfd|scm_pidfd|passrights|toomanyrefs|inet]...\n"
 	"What newer kernels added to descriptor passing; no argument: every section.\n";
 
-/* ---- small helpers ----------------------------------------------------- */
+/* ---- small helpers ------------------------------------------------------ */
 
 static const char *ename(int err)
 {
@@ -100,8 +100,8 @@ static int pidfd_pid(int pidfd)
 	return p ? atoi(p + 5) : -2;
 }
 
-/* A child that holds fd (its copy from fork) until `done` has a byte or
- * EOF. The child closes every other descriptor the caller names. */
+/* A child that keeps every descriptor it inherited until `done` (its read
+ * end done_r) has a byte or reaches EOF, then exits. */
 static pid_t holder(int done_r, int done_w)
 {
 	pid_t pid = fork();
@@ -120,7 +120,7 @@ static int become_nobody(void)
 	return setgroups(0, NULL) < 0 || setgid(65534) < 0 || setuid(65534) < 0 ? -1 : 0;
 }
 
-/* ---- pidfd_getfd (5.6) ------------------------------------------------- */
+/* ---- pidfd_getfd (5.6) -------------------------------------------------- */
 
 static int sec_pidfd_getfd(const struct nar *n)
 {
@@ -176,7 +176,7 @@ static int sec_pidfd_getfd(const struct nar *n)
 	return same && cloexec && wrote && got;
 }
 
-/* ---- SO_PEERPIDFD and SCM_PIDFD (6.5) ---------------------------------- */
+/* ---- SO_PEERPIDFD and SCM_PIDFD (6.5) ----------------------------------- */
 
 static int sec_peerpidfd(const struct nar *n)
 {
@@ -272,7 +272,7 @@ static int sec_scm_pidfd(const struct nar *n)
 	return pidfd >= 0;
 }
 
-/* ---- SO_PASSRIGHTS (6.16) ---------------------------------------------- */
+/* ---- SO_PASSRIGHTS (6.16) ----------------------------------------------- */
 
 static int sec_passrights(const struct nar *n)
 {
@@ -356,7 +356,7 @@ static int sec_toomanyrefs(const struct nar *n)
 	return err == ETOOMANYREFS && (geteuid() != 0 || perr == 0);
 }
 
-/* ---- inet: AF_UNIX only ------------------------------------------------ */
+/* ---- inet: AF_UNIX only ------------------------------------------------- */
 
 static int sec_inet(const struct nar *n)
 {
@@ -387,7 +387,7 @@ static int sec_inet(const struct nar *n)
 	return r == 1 && st == FDPASS_OK && rx.len == 1 && rx.nfds == 0 && eof;
 }
 
-/* ---- main -------------------------------------------------------------- */
+/* ---- main --------------------------------------------------------------- */
 
 static const struct {
 	const char *name;

@@ -37,7 +37,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-/* ---- the worker: it exists before the descriptor it will serve -------- */
+/* ---- the worker: it exists before the descriptor it will serve ---------- */
 
 /*
  * Receives one descriptor on the channel ch and serves it. The received
@@ -99,7 +99,7 @@ static int worker(struct nar *n, const struct demo_opts *o, int ch, int go)
 	return 0;
 }
 
-/* ---- the parent: pass the descriptor, then prove what was passed ------ */
+/* ---- the parent: pass the descriptor, then prove what was passed -------- */
 
 /*
  * Sends fd to the worker over ch with a 1-byte payload. The parent still
@@ -144,7 +144,7 @@ static int prove_same_file(struct nar *n, int fd, pid_t wpid, int wfd)
 	return same == 0;
 }
 
-/* ---- the demo, in order ------------------------------------------------ */
+/* ---- the demo, in order ------------------------------------------------- */
 
 int demo(struct nar *n, const struct demo_opts *o)
 {

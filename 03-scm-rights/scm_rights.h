@@ -32,12 +32,12 @@ struct demo_opts {
 	int zero_byte, small_control, no_cloexec, classic;
 };
 
-/* ---- scm_rights.c ------------------------------------------------------ */
+/* ---- scm_rights.c ------------------------------------------------------- */
 
 /* The narrated demo; exit status EXIT_LESSON or EXIT_RUNTIME. */
 int demo(struct nar *n, const struct demo_opts *o);
 
-/* ---- demo_subjects.c --------------------------------------------------- */
+/* ---- demo_subjects.c ---------------------------------------------------- */
 
 /* Which file a descriptor names: st_dev and st_ino (0 0 if fstat fails). */
 struct file_id {
@@ -67,7 +67,7 @@ void show_shared_state(struct nar *n, int ch, int fd, int *offset, int *nonblock
 /* --kind pipe, parent side: the worker's line, then end-of-file. */
 void show_pipe_effect(struct nar *n, int keep);
 
-/* ---- demo_breakit.c ---------------------------------------------------- */
+/* ---- demo_breakit.c ----------------------------------------------------- */
 
 /* The parent's send under --zero-byte / --small-control (the switch says
  * which); extra[] gets the pipes whose write ends went along. */
@@ -87,7 +87,7 @@ ssize_t classic_recv_fd(int sock, void *buf, size_t len, int *recvfd, int *in_cm
 /* --classic-receiver: the whole demo (see demo_breakit.c). */
 int classic_demo(struct nar *n);
 
-/* ---- serve.c, interop.c ------------------------------------------------ */
+/* ---- serve.c, interop.c ------------------------------------------------- */
 
 /* --serve on 127.0.0.1:port (0: any free port); exit status. */
 int serve(struct nar *n, int port);

@@ -22,7 +22,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* ---- --serve: a pre-forked worker serves every connection ------------- */
+/* ---- --serve: a pre-forked worker serves every connection --------------- */
 
 /* The worker's loop: the channel brings connections, each is echoed. */
 static void serve_worker(const struct nar *n, int ch)

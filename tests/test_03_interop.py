@@ -304,7 +304,7 @@ def test_no_descriptor_in_message(receiver, fds):
 
 @pytest.mark.parametrize("max_fds,sent", [(1, 2), (3, 4), (15, 16)])
 def test_more_descriptors_than_allowed(receiver, fds, max_fds, sent):
-    """CMSG_SPACE(M * sizeof(int)) rounds up to 8 bytes: with an odd M there
+    """On a 64-bit ABI CMSG_SPACE(M * sizeof(int)) rounds up to 8 bytes: with an odd M there
     is room for M + 1 ints, so the kernel installs one more than allowed
     and does NOT set MSG_CTRUNC. The receiver must count, refuse, and close
     all of them."""

@@ -157,7 +157,8 @@ static int demo(struct nar *n, int keep_parent_copy, const char *cp)
 		close(go[1]);
 		if (checkpoint(cp, "child") < 0) /* the tests: conn, and nothing else */
 			die("child: checkpoint");
-		say(n, "I inherited fd %d (socket:[%lu]) from my parent: serving it", conn, inode_of(conn));
+		say(n, "I inherited fd %d (socket:[%lu]) from my parent: serving it", conn,
+		    inode_of(conn));
 		echo_lines(n, conn);
 		say(n, "the client is done; close(fd %d)", conn);
 		ev(n, "close", NULL, "fd=%d", conn);
@@ -168,12 +169,12 @@ static int demo(struct nar *n, int keep_parent_copy, const char *cp)
 	ev(n, "fork", "child", "peer_pid=%d fd=%d", (int)child, conn);
 	if (!keep_parent_copy) {
 		close(conn);
-		say(n, "close(fd %d): my copy; the connection lives on in the child, and ends when the "
-		       "child closes it", conn);
+		say(n, "close(fd %d): my copy; the connection lives on in the child, and ends "
+		       "when the child closes it", conn);
 		ev(n, "close", NULL, "fd=%d", conn);
 	} else {
-		say(n, "--keep-parent-copy: I keep fd %d open. The connection ends only when *every* "
-		       "descriptor for it is closed", conn);
+		say(n, "--keep-parent-copy: I keep fd %d open. The connection ends only when "
+		       "*every* descriptor for it is closed", conn);
 		ev(n, "keep", NULL, "fd=%d", conn);
 	}
 	/* end lesson */

@@ -49,7 +49,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* ---- the parent: accept, hand off -------------------------------------- */
+/* ---- the parent: accept, hand off --------------------------------------- */
 
 /*
  * on_accept: accepts one connection and puts its new descriptor into the
@@ -122,7 +122,8 @@ static void hand_off(struct parent *p, int c, int id)
 	/* lesson: hand_off_naive */
 	case NAIVE:
 		send_to_worker(p, c, id);
-		say(p->n, "sendmsg(fd %d) to the worker; fd %d stays open and in my %s set", c, c, poller);
+		say(p->n, "sendmsg(fd %d) to the worker; fd %d stays open and in my %s set", c, c,
+		    poller);
 		break;
 	/* end lesson */
 	/* lesson: hand_off_article */
@@ -146,10 +147,12 @@ static void hand_off(struct parent *p, int c, int id)
 			snprintf(how, sizeof how, "close(%d), no EPOLL_CTL_DEL", c);
 		else if (p->w.no_fd_clr)
 			snprintf(how, sizeof how, "close(%d), left in the set", c);
+		else if (p->c->poller == P_SELECT)
+			snprintf(how, sizeof how, "FD_CLR(%d), close(%d)", c, c);
 		else
-			snprintf(how, sizeof how, "%s %d, close(%d)",
-				 p->c->poller == P_SELECT ? "FD_CLR" : "drop the pollfd of", c, c);
-		say(p->n, "article: dup(%d) -> %d, sendmsg(fd %d), %s; fd %d stays open", c, d, d, how, d);
+			snprintf(how, sizeof how, "drop fd %d's pollfd, close(%d)", c, c);
+		say(p->n, "article: dup(%d) -> %d, sendmsg(fd %d), %s; fd %d stays open", c, d, d,
+		    how, d);
 		break;
 	}
 	/* end lesson */
@@ -173,7 +176,7 @@ static void hand_off(struct parent *p, int c, int id)
 	p->handed++;
 }
 
-/* ---- the parent: what the loop does with a readable connection --------- */
+/* ---- the parent: what the loop does with a readable connection ---------- */
 
 /*
  * on_conn_event: the loop found a connection number readable and reads it,
@@ -215,24 +218,24 @@ static void on_conn_event(struct parent *p, const struct hit *h)
 	int err = errno;
 	if (stale && now == 0) {
 		if (first_time(p, h->tag)) {
-			say(p->n, "%s reports fd %d (connection #%d), but I closed fd %d: read -> %s. "
-				  "The registration outlived the number", poller, h->fd, h->tag, h->fd,
-			    r < 0 ? strerror(err) : "data");
+			say(p->n, "%s reports fd %d (connection #%d), but I closed fd %d: "
+				  "read -> %s. The registration outlived the number", poller,
+			    h->fd, h->tag, h->fd, r < 0 ? strerror(err) : "data");
 			ev(p->n, "stale", NULL, "fd=%d conn=%d what=%s", h->fd, h->tag,
 			   r < 0 && err == EBADF ? "EBADF" : "read");
 		}
 	} else if (stale) {
-		ev(p->n, "misdirected", NULL, "fd=%d was=%d now=%d bytes=%zd inode=%lu", h->fd, h->tag,
-		   now, r > 0 ? r : 0, inode_of(h->fd));
-		say(p->n, "%s reports fd %d for connection #%d, but fd %d is connection #%d now: "
-			  "I read %zd bytes of the WRONG connection", poller, h->fd, h->tag, h->fd, now,
-		    r > 0 ? r : 0);
+		ev(p->n, "misdirected", NULL, "fd=%d was=%d now=%d bytes=%zd inode=%lu", h->fd,
+		   h->tag, now, r > 0 ? r : 0, inode_of(h->fd));
+		say(p->n, "%s reports fd %d for connection #%d, but fd %d is connection #%d "
+			  "now: I read %zd bytes of the WRONG connection", poller, h->fd, h->tag,
+		    h->fd, now, r > 0 ? r : 0);
 	}
 	if (r > 0) {
 		p->st.stolen += r;
 		if (!stale) {
-			say(p->n, "%s says fd %d is readable: read %zd bytes meant for the worker", poller,
-			    h->fd, r);
+			say(p->n, "%s says fd %d is readable: read %zd bytes meant for the worker",
+			    poller, h->fd, r);
 			say(p->n, "STOLEN: the worker will never see those %zd bytes", r);
 			ev(p->n, "steal", NULL, "fd=%d conn=%d bytes=%zd", h->fd, now, r);
 		}
@@ -288,7 +291,7 @@ int loop_once(struct parent *p, int timeout_ms, int accept_ok)
 	return n;
 }
 
-/* ---- the worker: pre-forked, it gets connections only by SCM_RIGHTS ---- */
+/* ---- the worker: pre-forked, it gets connections only by SCM_RIGHTS ----- */
 
 /*
  * worker: receives connections on chan one by one, reads each to the
@@ -323,7 +326,8 @@ int worker(struct nar *n, const struct cfg *c, int chan, int hold_r)
 				die("worker: dup");
 			ev(n, "dup", NULL, "fd=%d dup=%d", fd, d);
 			close(fd);
-			say(n, "--child-dup: dup(%d) -> %d, close(%d) (the article's step 3)", fd, d, fd);
+			say(n, "--child-dup: dup(%d) -> %d, close(%d) (the article's step 3)",
+			    fd, d, fd);
 			fd = d;
 		}
 		int timed_out;
@@ -336,6 +340,6 @@ int worker(struct nar *n, const struct cfg *c, int chan, int hold_r)
 		ev(n, "read", NULL, "conn=%d bytes=%ld", (int)conn, got);
 		say(n, "%s says fd %d is readable; read %ld bytes, then end-of-file",
 		    poller_names[c->poller], fd, got);
-		reply_and_close(n, chan, fd, (int)conn, got);
+		reply_and_close(n, c, chan, fd, (int)conn, got);
 	}
 }

@@ -36,6 +36,7 @@ struct cfg {
 	int connections;
 	long stress;     /* 0 = forced rounds */
 	int no_fd_clr;
+	const char *checkpoint; /* --checkpoint PATH (the tests), or NULL */
 };
 
 struct stats {
@@ -108,7 +109,7 @@ unsigned long inode_of(int fd);
 void force_queued(struct parent *p, int fd);
 void on_machinery(struct parent *p, int tag);
 int wait_for_release(int hold_r, int chan);
-void reply_and_close(struct nar *n, int chan, int fd, int conn, long got);
+void reply_and_close(struct nar *n, const struct cfg *c, int chan, int fd, int conn, long got);
 void look(struct parent *p);
 void release_worker(struct parent *p, int id);
 void wait_report(struct parent *p);

@@ -6,6 +6,7 @@
  */
 #define _GNU_SOURCE
 #include "dup_race.h"
+#include "../01-basic-fork/checkpoint.h"
 #include "../common/cli.h"
 #include "../common/util.h"
 
@@ -30,7 +31,8 @@ static const char usage[] =
 	"  --connections N  forced rounds per mode, 1..64 (default 2)\n"
 	"  --stress N       N connections with natural timing, nobody held (1..5000)\n"
 	"  --no-fd-clr      break it (select/poll): closing a number does not drop it from\n"
-	"                   the set: EBADF from select, POLLNVAL from poll\n" COMMON_USAGE;
+	"                   the set: EBADF from select, POLLNVAL from poll\n" COMMON_USAGE
+	CHECKPOINT_USAGE;
 
 /* --serve: the same dispatcher for external clients, one forced round per
  * connection: accept, wait for the client's bytes, hand off, look, release. */
@@ -40,12 +42,14 @@ static int serve(struct nar *n, const struct cfg *c, int port, struct stats *out
 	if (!p)
 		die("calloc");
 	struct kids k;
+	n->quiet = 1; /* the first line must be "listening on" */
+	setup(p, n, c, port, 0, &k, &port);
+	/* After the fork: the worker has no business with the server's signals
+	 * (it ends when the channel closes), so it must not inherit this. */
 	int sfd = signal_fd(0);
 	if (sfd < 0)
 		die("signalfd");
 	sfd = high(sfd);
-	n->quiet = 1; /* the first line must be "listening on" */
-	setup(p, n, c, port, 0, &k, &port);
 	p->sfd = sfd;
 	if (watch_add(&p->w, sfd, TAG_SIG) < 0)
 		die("watch");
@@ -104,7 +108,8 @@ static int lesson_ok(const struct cfg *c, const struct stats *s)
 
 int main(int argc, char **argv)
 {
-	enum { OPT_MODE = OPT_STAGE, OPT_POLLER, OPT_CHILD_DUP, OPT_CONNS, OPT_STRESS, OPT_NO_FD_CLR };
+	enum { OPT_MODE = OPT_STAGE, OPT_POLLER, OPT_CHILD_DUP, OPT_CONNS, OPT_STRESS, OPT_NO_FD_CLR,
+	       OPT_CHECKPOINT };
 	static const struct option longopts[] = {
 		COMMON_LONGOPTS,
 		{ "mode", required_argument, NULL, OPT_MODE },
@@ -113,6 +118,7 @@ int main(int argc, char **argv)
 		{ "connections", required_argument, NULL, OPT_CONNS },
 		{ "stress", required_argument, NULL, OPT_STRESS },
 		{ "no-fd-clr", no_argument, NULL, OPT_NO_FD_CLR },
+		{ "checkpoint", required_argument, NULL, OPT_CHECKPOINT },
 		{ 0 },
 	};
 	struct common_opts o = { 0 };
@@ -131,6 +137,7 @@ int main(int argc, char **argv)
 			break;
 		case OPT_STRESS: c.stress = parse_long("--stress", optarg, 1, 5000); break;
 		case OPT_NO_FD_CLR: c.no_fd_clr = 1; break;
+		case OPT_CHECKPOINT: c.checkpoint = optarg; break;
 		}
 	}
 	common_done(&o, argc, argv, usage);

@@ -15,6 +15,7 @@
  */
 #define _GNU_SOURCE
 #include "dup_race.h"
+#include "../01-basic-fork/checkpoint.h"
 #include "../common/cli.h"
 #include "../common/util.h"
 
@@ -33,7 +34,7 @@
 
 const char *const mode_names[] = { "naive", "article", "fixed", NULL };
 
-/* ---- the parent's bookkeeping ----------------------------------------- */
+/* ---- the parent's bookkeeping ------------------------------------------- */
 
 void set_owner(struct parent *p, int fd, int id)
 {
@@ -90,7 +91,7 @@ static int read_exact(int fd, void *buf, size_t len, int timeout_ms)
 	return 0;
 }
 
-/* ---- forcing the race ------------------------------------------------- */
+/* ---- forcing the race --------------------------------------------------- */
 
 /* Forced rounds: the client writes right after connecting; wait (bounded)
  * until its bytes sit in this socket's receive queue, so they are there for
@@ -174,7 +175,7 @@ void wait_report(struct parent *p)
 	p->st.delivered += rep.bytes;
 }
 
-/* ---- the worker's side of the harness ---------------------------------- */
+/* ---- the worker's side of the harness ----------------------------------- */
 
 /* Forced rounds: waits on the hold pipe until released (0 when the parent
  * closed it: done); then, in every mode, until the parent's message is
@@ -196,8 +197,12 @@ int wait_for_release(int hold_r, int chan)
 
 /* Replies "worker PID got N bytes" on fd and closes it (the worker's last
  * use of the connection); then reports to the parent on chan. */
-void reply_and_close(struct nar *n, int chan, int fd, int conn, long got)
+void reply_and_close(struct nar *n, const struct cfg *c, int chan, int fd, int conn, long got)
 {
+	/* The tests: the connection being served, the channel, the hold pipe -
+	 * no other client's connection, no descriptor of the parent's. */
+	if (checkpoint(c->checkpoint, "worker-conn") < 0)
+		die("worker: checkpoint");
 	char reply[96];
 	int len = snprintf(reply, sizeof reply, "worker %d got %ld bytes\n", (int)getpid(), got);
 	struct report rep = { conn, (int32_t)got };
@@ -210,7 +215,7 @@ void reply_and_close(struct nar *n, int chan, int fd, int conn, long got)
 		die("worker: report to parent");
 }
 
-/* ---- the built-in client: a process of its own, as a real client ------- */
+/* ---- the built-in client: a process of its own, as a real client -------- */
 
 static int client_round(struct nar *n, int port, int conn, int note_w, long *sent, long *got)
 {
@@ -278,7 +283,7 @@ static int client_stress(struct nar *n, int port, long count, int note_w)
 	return write_all(note_w, &nt, sizeof nt) < 0 ? 1 : 0;
 }
 
-/* ---- the processes of a run ------------------------------------------- */
+/* ---- the processes of a run --------------------------------------------- */
 
 /*
  * Moves a descriptor of the machinery (channel, pipes, epoll instance) up
@@ -351,6 +356,8 @@ void setup(struct parent *p, struct nar *n, const struct cfg *c, int port, int w
 				close(note[i]);
 		}
 		unblock_signals();
+		if (checkpoint(c->checkpoint, "worker") < 0) /* the tests: sv[1], hold[0] */
+			die("worker: checkpoint");
 		int rc = worker(n, c, sv[1], hold[0]);
 		close(sv[1]);
 		if (hold[0] >= 0)
@@ -382,6 +389,8 @@ void setup(struct parent *p, struct nar *n, const struct cfg *c, int port, int w
 			close(p->bell_w);
 			if (p->hold_w >= 0)
 				close(p->hold_w);
+			if (checkpoint(c->checkpoint, "client") < 0) /* the tests: go[0], note[1] */
+				die("client: checkpoint");
 			int rc = c->stress ? client_stress(n, *bound, c->stress, note[1])
 					   : client_forced(n, *bound, go[0], note[1]);
 			close(go[0]);

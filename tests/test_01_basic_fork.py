@@ -44,6 +44,28 @@ def test_demo_child_serves_the_inherited_descriptor(tmp_path):
     assert r.result() == {"eof_seen": "1", "parent_kept_copy": "0"}
 
 
+def _story(r, role):
+    """One role's narration with the numbers that change from run to run
+    (pids, ports, inodes) blanked."""
+    return [re.sub(r"\d{3,}", "N", l) for l in r.narration(role)]
+
+
+def test_demo_what_is_fixed_in_every_run():
+    """What the README promises: each process tells the same lines in the
+    same order in every run, and the steps forced by the pipe come in order
+    on stdout (one write(2) per line, so stdout order is the order of the
+    writes): the client sends only after the parent closed its copy, and
+    looks for end-of-file only after the parent saw the child exit."""
+    runs = [run(PROG) for _ in range(3)]
+    for role in ("parent", "worker", "client", "child"):
+        stories = [_story(r, role) for r in runs]
+        assert stories[0] and all(s == stories[0] for s in stories), role
+    for r in runs:
+        at = lambda pat: next(i for i, l in enumerate(r.lines) if re.search(pat, l))
+        assert at(r"^\[parent \d+\] close\(fd 4\)") < at(r"^\[client \d+\] sent ")
+        assert at(r"^\[parent \d+\] child \d+ exited") < at(r"^\[client \d+\] read\(\) -> 0")
+
+
 def test_demo_worker_forked_before_accept_has_no_descriptor(tmp_path):
     trace = tmp_path / "t.jsonl"
     run(PROG, "--trace", trace)

@@ -26,7 +26,8 @@ import subprocess
 
 import pytest
 
-from conftest import RUN, WAIT, binary, check_sanitizer, processes_in_group, read_trace, readme_diagrams, run, wait_eof
+from conftest import (RUN, WAIT, binary, check_sanitizer, inodes_of, kinds_of, processes_in_group, read_trace,
+                      readme_diagrams, run, wait_eof)
 
 PROG = "04-dup-race/dup_race"
 MODES = ["naive", "article", "fixed"]
@@ -79,19 +80,25 @@ def check_counters(res, mode, poller, child_dup, counters):
 # ------------------------------------------------------------ the matrix
 
 
+def talk_reply(c):
+    """The worker's reply line on connection c: (worker pid, bytes it got).
+    Bounded by the socket's timeout; end-of-file before the line fails."""
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = c.recv(100)
+        assert chunk, f"connection closed without a reply (after {line!r})"
+        line += chunk
+    m = re.fullmatch(rb"worker (\d+) got (\d+) bytes\n", line)
+    assert m, line
+    return int(m.group(1)), int(m.group(2))
+
+
 def talk(port, payload):
     """An outside client: send, shut down the write side, read the reply line."""
     with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as c:
         c.sendall(payload)
         c.shutdown(socket.SHUT_WR)
-        line = b""
-        while not line.endswith(b"\n"):
-            chunk = c.recv(100)
-            assert chunk, f"connection closed without a reply (after {line!r})"
-            line += chunk
-    m = re.fullmatch(rb"worker (\d+) got (\d+) bytes\n", line)
-    assert m, line
-    return int(m.group(1)), int(m.group(2))
+        return talk_reply(c)
 
 
 def parent_of(pid):
@@ -146,6 +153,59 @@ def test_child_dup_changes_no_outcome(mode, poller):
     assert a == b
 
 
+# ------------------------------------------------------------ descriptor tables, from outside
+
+
+def _without(table, path):
+    return {fd: k for fd, k in table.items() if k[0] != f"file:{path}"}
+
+
+@pytest.mark.parametrize("mode,poller,child_dup", [(m, p, 0) for m in MODES for p in POLLERS]
+                         + [(m, "select", 1) for m in MODES])
+def test_children_hold_only_what_they_should(mode, poller, child_dup, checkpoints, tmp_path):
+    """Read from /proc/PID/fd while each child is stopped at a checkpoint:
+    the worker holds its channel end and its hold pipe - not the listening
+    socket, the doorbell, the client's pipes; while serving a connection it
+    holds that connection and no other (with --child-dup: the duplicate, not
+    both); the client holds its two pipes and nothing of the parent's."""
+    trace = tmp_path / "t.jsonl"
+    run(PROG, "--mode", mode, "--poller", poller, *(["--child-dup"] if child_dup else []),
+        *checkpoints.args, "--trace", trace)
+    accepted = {e["conn"]: e["inode"] for e in events(read_trace(trace), "parent", "accept")}
+    (worker,) = checkpoints.at("worker")
+    (client,) = checkpoints.at("client")
+    assert kinds_of(_without(worker.table, trace)) == ["pipe", "unix"], worker
+    assert kinds_of(_without(client.table, trace)) == ["pipe", "pipe"], client
+    serving = checkpoints.at("worker-conn")
+    assert len(serving) == len(accepted) == 2
+    for conn, stop in zip(sorted(accepted), serving):
+        table = _without(stop.table, trace)
+        assert kinds_of(table) == ["pipe", "tcp", "unix"], stop
+        assert inodes_of(table, "tcp") == [accepted[conn]]
+        assert inodes_of(table, "unix") == inodes_of(worker.table, "unix")  # the same channel end
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_serve_worker_holds_only_the_connection_it_serves(mode, serve, checkpoints):
+    """The same check with this test as the outside client: the worker holds
+    the server's end of our connection, and no earlier client's."""
+    s = serve(PROG, "--mode", mode, *checkpoints.args)
+    inodes = []
+    for i in range(2):
+        with socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) as c:
+            c.sendall(b"x" * (i + 1))
+            s.wait_line(rf"accept\(\) -> fd \d+: connection #{i + 1}\b")
+            inodes.append(_server_side_inode(c))
+            c.shutdown(socket.SHUT_WR)
+            talk_reply(c)
+    (worker,) = checkpoints.at("worker")
+    assert kinds_of(worker.table) == ["pipe", "unix"], worker
+    serving = checkpoints.at("worker-conn")
+    assert [inodes_of(st.table, "tcp") for st in serving] == [[inodes[0]], [inodes[1]]]
+    assert all(kinds_of(st.table) == ["pipe", "tcp", "unix"] for st in serving), serving
+    s.stop()
+
+
 # ------------------------------------------------------------ the demo
 
 
@@ -163,6 +223,19 @@ def test_demo_runs_three_modes_and_prints_the_table():
     res = r.result()
     assert res["mode"] == "all" and res["connections"] == "6"
     assert r.lines[-1].startswith("result: ")
+
+
+@pytest.mark.parametrize("poller,step", [("select", "FD_CLR(4), close(4)"), ("poll", "drop fd 4's pollfd, close(4)"),
+                                         ("epoll", "close(4), no EPOLL_CTL_DEL")])
+def test_article_narration_names_what_took_the_number_out(poller, step, tmp_path):
+    """The article's steps say dup, send, close; under select and poll the
+    loop must also drop the number from its set, and the narration says so.
+    The trace agrees: under select/poll no event is ever reported for the
+    closed number; under epoll one is (the trap)."""
+    trace = tmp_path / "t.jsonl"
+    r = run(PROG, "--mode", "article", "--poller", poller, "--connections", "1", "--trace", trace)
+    assert f"article: dup(4) -> 5, sendmsg(fd 5), {step}; fd 5 stays open" in r.narration("parent")
+    assert bool(events(read_trace(trace), "parent", "stale")) == (poller == "epoll")
 
 
 # ------------------------------------------------------------ the epoll trap
@@ -253,12 +326,7 @@ def test_parent_keeps_the_duplicate_and_the_client_sees_no_eof(mode, kept, serve
         s.wait_line(r"accept\(\) -> fd \d+: connection #1")
         inode = _server_side_inode(c)
         c.shutdown(socket.SHUT_WR)
-        line = b""
-        while not line.endswith(b"\n"):
-            chunk = c.recv(100)
-            assert chunk
-            line += chunk
-        wpid = int(line.split()[1])
+        wpid, _ = talk_reply(c)
         # the worker has replied and closed its copy once the server has
         # counted the report; naive's parent closes its copy at end-of-file
         # on its next turn, so wait for the reply to be accounted first

@@ -256,7 +256,8 @@ int rec_seal(struct rec_dir *d, uint8_t type, const void *data, size_t len, size
 	hdr[2] = 0x03;
 	hdr[3] = (uint8_t)((inner + REC_TAG) >> 8);
 	hdr[4] = (uint8_t)(inner + REC_TAG);
-	memmove(body, data, len); /* may overlap when sealing in place */
+	if (len) /* data may be NULL for an empty record */
+		memmove(body, data, len); /* may overlap when sealing in place */
 	body[len] = type;
 	memset(body + len + 1, 0, pad);
 

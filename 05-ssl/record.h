@@ -109,7 +109,8 @@ int rec_hkdf_expand_label(const EVP_MD *md, const uint8_t *secret, size_t secret
 /* Sets up one direction from its traffic secret and next sequence number
  * (the secret is copied into the direction's own page; the caller wipes its
  * copy). encrypt: 1 for the direction we write. -1/errno (EINVAL: unknown
- * suite, wrong secret length, seq at the end of its range; ENOMEM). */
+ * suite, wrong secret length, seq at the end of its range; ENOMEM). d must
+ * not be set up already (rec_free it first: its page would be lost). */
 int rec_init(struct rec_dir *d, uint16_t suite, const uint8_t *secret, size_t secret_len,
 	     uint64_t seq, int encrypt);
 /* A KeyUpdate in this direction: next traffic secret, new key and iv, seq 0.

@@ -21,8 +21,12 @@
  *   tlsx_read(s, buf, cap, &ev)            plaintext out; 0 and an event when
  *                                          none: more bytes needed, the peer's
  *                                          close_notify or alert, or a fatal
- *                                          error (the alert to send is in ev)
- *   tlsx_seal_data / tlsx_seal_alert       records out into a caller's buffer
+ *                                          error (the alert to send: s->alert)
+ *   tlsx_buffered(s)                       1: tlsx_read has work without a
+ *                                          read from the socket (a record
+ *                                          behind the one in hand)
+ *   tlsx_seal_data / tlsx_queue_alert      records out into a caller's buffer
+ *                                          (in order, whole: the order rule below)
  *   tlsx_sess_free(s)                      secrets and keys wiped
  * A KeyUpdate from the peer is handled inside tlsx_read (read key moves on;
  * update_requested makes the next tlsx_seal_data send our own KeyUpdate

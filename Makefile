@@ -27,7 +27,7 @@ OUT :=
 endif
 
 NEED := common/need.sh
-COMMON := common/narrate.c common/util.c common/cli.c
+COMMON := common/narrate.c common/util.c common/cli.c common/escape.c
 FDPASS := 03-scm-rights/fdpass.c
 HEADERS := $(wildcard common/*.h */*.h)
 PROGS :=

@@ -8,6 +8,7 @@
  */
 #define _GNU_SOURCE
 #include "../common/cli.h"
+#include "../common/escape.h"
 #include "ssl05.h"
 
 #include <errno.h>
@@ -32,7 +33,29 @@ static int wait_go(int go_rd)
 
 /* Exit status: 0 both replies came from the expected roles, 3 the connection
  * failed (what naive mode must show), 1 anything else. */
-static int client(struct nar *n, int port, int go_rd, X509 *cert, int mode)
+/* --read-ahead: both lines in ONE write(2), straight after the handshake,
+ * so they reach the server together and its OpenSSL, reading ahead, takes
+ * the second record in with the first. The records are sealed into a memory
+ * BIO, then written at once. -1 on failure. */
+static int send_both(SSL *ssl, int fd, const char *const *lines)
+{
+	BIO *sock = SSL_get_wbio(ssl), *mem = BIO_new(BIO_s_mem());
+	if (!mem || !BIO_up_ref(sock)) {
+		BIO_free(mem);
+		return -1;
+	}
+	SSL_set0_wbio(ssl, mem); /* SSL_write now seals into memory */
+	int ok = SSL_write(ssl, lines[0], (int)strlen(lines[0])) > 0 &&
+		 SSL_write(ssl, lines[1], (int)strlen(lines[1])) > 0;
+	char *data;
+	long len = BIO_get_mem_data(mem, &data);
+	if (ok && len > 0 && write_all(fd, data, (size_t)len) < 0)
+		ok = 0;
+	SSL_set0_wbio(ssl, sock); /* back to the socket; frees mem, takes our reference */
+	return ok ? 0 : -1;
+}
+
+static int client(struct nar *n, int port, int go_rd, X509 *cert, int mode, int both)
 {
 	char why[128];
 	SSL_CTX *cctx = SSL_CTX_new(TLS_client_method());
@@ -55,16 +78,22 @@ static int client(struct nar *n, int port, int go_rd, X509 *cert, int mode)
 	}
 	say(n, "handshake done (%s, certificate verified for localhost)", SSL_CIPHER_get_name(SSL_get_current_cipher(ssl)));
 	const char *lines[] = { "hello, who is there?\n", "and who answers now?\n" };
-	const char *want[] = { mode == MODE_AFTER ? "parent" : "worker", "worker" };
+	/* --read-ahead: the parent keeps the connection, so it answers both */
+	const char *want[] = { mode == MODE_AFTER ? "parent" : "worker", both ? "parent" : "worker" };
 	for (int i = 0; i < 2; i++) {
-		if (wait_go(go_rd) < 0) {
+		if ((i == 0 || !both) && wait_go(go_rd) < 0) {
 			say(n, "the server never got ready");
 			goto out;
 		}
-		ev(n, "send", mode == MODE_AFTER && i == 0 ? "parent" : "worker", "bytes=%zu",
-		   strlen(lines[i]));
+		ev(n, "send", want[i], "bytes=%zu", strlen(lines[i]));
 		char reply[256];
-		int got = SSL_write(ssl, lines[i], (int)strlen(lines[i]));
+		int got = 1;
+		if (both && i == 0) {
+			say(n, "sending both lines in one write(2), right after the handshake");
+			got = send_both(ssl, fd, lines) < 0 ? -1 : 1;
+		} else if (!both) {
+			got = SSL_write(ssl, lines[i], (int)strlen(lines[i]));
+		}
 		if (got > 0)
 			got = SSL_read(ssl, reply, sizeof reply - 1);
 		if (got <= 0) {
@@ -75,7 +104,9 @@ static int client(struct nar *n, int port, int go_rd, X509 *cert, int mode)
 		}
 		reply[got] = '\0';
 		reply[strcspn(reply, "\n")] = '\0';
-		say(n, "sent \"%.*s\", got back \"%s\"", (int)strlen(lines[i]) - 1, lines[i], reply);
+		char shown[ESCAPED_CAP(sizeof reply)];
+		say(n, "sent \"%.*s\", got back \"%s\"", (int)strlen(lines[i]) - 1, lines[i],
+		    escape_bytes(shown, sizeof shown, reply, strlen(reply), 0));
 		char role[16] = "";
 		if (sscanf(reply, "[%15s", role) != 1 || strcmp(role, want[i]) != 0) {
 			say(n, "expected an answer from the %s", want[i]);
@@ -110,7 +141,7 @@ static int demo_mode(struct nar *n, struct opts *o, SSL_CTX *ctx, X509 *cert, in
 {
 	o->mode = mode;
 	say(n, "==== mode %s ====", mode_names[mode]);
-	ev(n, "mode", NULL, "mode=%s", mode_names[mode]);
+	ev(n, "demo", NULL, "mode=%s", mode_names[mode]);
 	int port, lfd = listen_loopback(0, &port);
 	if (lfd < 0)
 		die("socket/bind/listen on 127.0.0.1");
@@ -130,7 +161,7 @@ static int demo_mode(struct nar *n, struct opts *o, SSL_CTX *ctx, X509 *cert, in
 		close(lfd);
 		for (int i = 0; i < p.n; i++)
 			close(p.chan[i]);
-		int rc = client(n, port, gp[0], cert, mode);
+		int rc = client(n, port, gp[0], cert, mode, mode == MODE_AFTER && o->read_ahead);
 		close(gp[0]);
 		nar_close(n);
 		SSL_CTX_free(ctx);
@@ -160,7 +191,10 @@ static int demo_mode(struct nar *n, struct opts *o, SSL_CTX *ctx, X509 *cert, in
 	/* naive, and --bad-seq after the handshake, must break the client */
 	int lesson = mode == MODE_NAIVE || (mode == MODE_AFTER && o->bad_seq) ? code == 3 : code == 0;
 	say(n, "mode %s: the client %s", mode_names[mode],
-	    code == 0 ? "was served to the end, with a clean close_notify"
+	    code == 0 && mode == MODE_AFTER && o->read_ahead
+		    ? "was served to the end by the parent: OpenSSL had read ahead, so the "
+		      "handoff failed closed"
+	    : code == 0 ? "was served to the end, with a clean close_notify"
 		      : code != 3 ? "had trouble"
 		      : mode == MODE_NAIVE ? "failed: the worker could not speak its TLS session"
 					   : "failed: the worker wrote under a sequence number - a nonce - "
@@ -192,7 +226,9 @@ int demo(struct nar *n, struct opts *o, SSL_CTX *ctx, X509 *cert, int mode)
 		ok &= lesson;
 		size_t l = strlen(result);
 		snprintf(result + l, sizeof result - l, " %s=%s", mode_names[m],
-			 !lesson ? "unexpected" : m == MODE_NAIVE || (m == MODE_AFTER && o->bad_seq) ? "client_failed" : "served");
+			 !lesson ? "unexpected"
+			 : m == MODE_NAIVE || (m == MODE_AFTER && o->bad_seq) ? "client_failed"
+			 : m == MODE_AFTER && o->read_ahead ? "kept_by_parent" : "served");
 	}
 	out_line("%s", result);
 	return ok ? EXIT_LESSON : EXIT_RUNTIME;

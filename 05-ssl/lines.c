@@ -13,6 +13,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,6 +61,15 @@ void set_timeouts(int fd, int ms)
 	struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+/* Sets or clears O_NONBLOCK on fd. -1/errno. */
+int set_nonblocking(int fd, int on)
+{
+	int fl = fcntl(fd, F_GETFL);
+	if (fl < 0)
+		return -1;
+	return fcntl(fd, F_SETFL, on ? fl | O_NONBLOCK : fl & ~O_NONBLOCK);
 }
 
 /* Reads exactly len bytes, each read bounded by ms. Returns len, or fewer
@@ -123,8 +133,10 @@ SSL_CTX *server_ctx(const struct opts *o, EVP_PKEY *pkey, X509 *cert)
 
 /* The before-handshake worker, and the parent when it refuses a handoff:
  * answers l's lines and then every line read through ssl, until the client
- * closes or fails. Neither ssl nor its descriptor is freed here. */
-void ssl_serve_lines(const struct nar *n, const struct opts *o, SSL *ssl, struct lines *l)
+ * closes or fails. Returns 1 then, or 0 when the socket has nothing more for
+ * now (non-blocking: call again when it is readable; blocking: its receive
+ * timeout expired). Neither ssl nor its descriptor is freed here. */
+int ssl_serve_lines(const struct nar *n, const struct opts *o, SSL *ssl, struct lines *l)
 {
 	char line[LINE_CAP + 1], reply[LINE_CAP + 64], why[128];
 	for (;;) {
@@ -132,9 +144,17 @@ void ssl_serve_lines(const struct nar *n, const struct opts *o, SSL *ssl, struct
 		while ((len = next_line(l, line)) > 0) {
 			size_t r = make_reply(reply, sizeof reply, n->role, line, len);
 			ev(n, "reply", "client", "line=%zu", len);
-			if (SSL_write(ssl, reply, (int)r) <= 0) {
+			int w = SSL_write(ssl, reply, (int)r);
+			if (w <= 0 && SSL_get_error(ssl, w) == SSL_ERROR_WANT_WRITE) {
+				/* Its socket buffer is full: it sends and does not read. Waiting
+				 * would let one client hold the others up, so it goes. */
+				say(n, "the client does not read its replies: closing the connection");
+				ev(n, "ended", NULL, "reason=not_reading");
+				return 1;
+			}
+			if (w <= 0) {
 				say(n, "SSL_write failed: %s", ssl_reason(why, sizeof why));
-				return;
+				return 1;
 			}
 		}
 		go(o);
@@ -143,7 +163,10 @@ void ssl_serve_lines(const struct nar *n, const struct opts *o, SSL *ssl, struct
 			l->len += (size_t)got;
 			continue;
 		}
-		if (SSL_get_error(ssl, got) == SSL_ERROR_ZERO_RETURN) {
+		int err = SSL_get_error(ssl, got);
+		if (err == SSL_ERROR_WANT_READ)
+			return 0;
+		if (err == SSL_ERROR_ZERO_RETURN) {
 			say(n, "the client sent close_notify; answering with mine");
 			ev(n, "close_notify", "client", NULL);
 			SSL_shutdown(ssl);
@@ -151,7 +174,16 @@ void ssl_serve_lines(const struct nar *n, const struct opts *o, SSL *ssl, struct
 			say(n, "the connection ended: %s", ssl_reason(why, sizeof why));
 			ev(n, "ended", NULL, "reason=%s", why);
 		}
-		return;
+		return 1;
 	}
 }
 
+/* ssl_serve_lines on a blocking socket, to the end: a receive timeout ends
+ * the connection too (said and traced). */
+void ssl_serve_lines_blocking(const struct nar *n, const struct opts *o, SSL *ssl, struct lines *l)
+{
+	if (ssl_serve_lines(n, o, ssl, l) == 0) {
+		say(n, "nothing from the client for %d s: closing the connection", IDLE_MS / 1000);
+		ev(n, "ended", NULL, "reason=idle");
+	}
+}

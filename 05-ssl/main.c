@@ -8,6 +8,7 @@
 #define _GNU_SOURCE
 #include "../common/cli.h"
 #include "ktls.h"
+#include "sni.h"
 #include "ssl05.h"
 
 #include <errno.h>
@@ -41,59 +42,31 @@ static const char usage[] =
 	"                       (default: the suite's AEAD limit)\n"
 	"  --bad-seq            break it: hand over a write sequence number one too low\n"
 	"  --read-ahead         break it: let OpenSSL read ahead, so the handoff must fail closed\n"
+	"  --route-by-sni       --serve, before-handshake: peek at the ClientHello's server_name\n"
+	"  --route NAME=N       ... and send NAME to worker N (0-based; repeatable); others\n"
+	"                       (no name, an unknown one) go round-robin\n"
 	"  --selftest           known-answer tests (RFC 8448 section 3) and exit\n" COMMON_USAGE;
 
-static int serve(struct nar *n, struct opts *o, SSL_CTX *ctx, int port)
-{
-	int lfd = listen_loopback(port, &port);
-	if (lfd < 0)
-		die("socket/bind/listen on 127.0.0.1:%d", port);
-	int sfd = signal_fd(0);
-	if (sfd < 0)
-		die("signalfd");
-	announce_listening(port);
-	say_ktls(n, o);
-	struct pool p = { 0 };
-	start_workers(n, o, ctx, &p, lfd, sfd);
-	say(n, "mode %s: every connection goes to a worker", mode_names[o->mode]);
-	for (;;) {
-		struct pollfd pf[2 + MAX_WORKERS] = { { .fd = lfd, .events = POLLIN },
-						       { .fd = sfd, .events = POLLIN } };
-		for (int i = 0; i < p.n; i++)
-			pf[2 + i] = (struct pollfd){ .fd = p.chan[i], .events = POLLIN };
-		if (poll(pf, (nfds_t)(2 + p.n), -1) < 0) { /* a client, a worker or a signal */
-			if (errno == EINTR)
-				continue;
-			die("poll");
-		}
-		if (pf[1].revents)
-			break;
-		for (int i = 0; i < p.n; i++)
-			if (p.chan[i] >= 0 && pf[2 + i].revents && read_done(&p, i) < 0)
-				say(n, "worker %d is gone", i);
-		if (!(pf[0].revents & POLLIN))
-			continue;
-		int conn = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-		if (conn < 0)
-			continue;
-		parent_handle(n, o, ctx, &p, conn);
-	}
-	say(n, "shutting down: closing the workers' channels");
-	for (int i = 0; i < p.n; i++)
-		if (p.pid[i] > 0)
-			kill(p.pid[i], SIGTERM);
-	stop_workers(&p);
-	close(sfd);
-	close(lfd);
-	return EXIT_LESSON;
-}
-
 int selftest(void); /* selftest.c */
+
+/* --route NAME=N: a server_name and the worker index it goes to. */
+static void add_route(struct opts *o, char *arg)
+{
+	char *eq = strrchr(arg, '=');
+	if (!eq || eq == arg || eq - arg > SNI_MAX_NAME)
+		usage_error("--route: expected NAME=N, got '%s'", arg);
+	if (o->nroutes == MAX_ROUTES)
+		usage_error("--route: at most %d routes", MAX_ROUTES);
+	*eq = '\0';
+	o->routes[o->nroutes].name = arg;
+	o->routes[o->nroutes].worker = (int)parse_long("--route", eq + 1, 0, MAX_WORKERS - 1);
+	o->nroutes++;
+}
 
 int main(int argc, char **argv)
 {
 	enum { OPT_MODE = OPT_STAGE, OPT_WORKERS, OPT_KTLS, OPT_SUITES, OPT_TICKETS, OPT_CERT, OPT_KEY,
-	       OPT_BADSEQ, OPT_READAHEAD, OPT_REKEY, OPT_SELFTEST };
+	       OPT_BADSEQ, OPT_READAHEAD, OPT_REKEY, OPT_SELFTEST, OPT_BYSNI, OPT_ROUTE };
 	static const struct option longopts[] = {
 		COMMON_LONGOPTS,
 		{ "mode", required_argument, NULL, OPT_MODE },
@@ -107,6 +80,8 @@ int main(int argc, char **argv)
 		{ "read-ahead", no_argument, NULL, OPT_READAHEAD },
 		{ "rekey-after", required_argument, NULL, OPT_REKEY },
 		{ "selftest", no_argument, NULL, OPT_SELFTEST },
+		{ "route-by-sni", no_argument, NULL, OPT_BYSNI },
+		{ "route", required_argument, NULL, OPT_ROUTE },
 		{ 0 },
 	};
 	struct common_opts co = { 0 };
@@ -127,11 +102,19 @@ int main(int argc, char **argv)
 		case OPT_READAHEAD: o.read_ahead = 1; break;
 		case OPT_REKEY: o.rekey_after = (uint64_t)parse_long("--rekey-after", optarg, 2, 1L << 30); break;
 		case OPT_SELFTEST: self = 1; break;
+		case OPT_BYSNI: o.route_by_sni = 1; break;
+		case OPT_ROUTE: add_route(&o, optarg); break;
 		}
 	}
 	common_done(&co, argc, argv, usage);
 	if (!o.cert != !o.key)
 		usage_error("--cert and --key go together");
+	if ((o.route_by_sni || o.nroutes) && (!co.serve || o.mode != MODE_BEFORE || !o.route_by_sni))
+		usage_error("--route-by-sni (and --route) go with --serve --mode before-handshake");
+	for (int i = 0; i < o.nroutes; i++)
+		if (o.routes[i].worker >= o.workers)
+			usage_error("--route %s=%d: there are workers 0..%d", o.routes[i].name,
+				    o.routes[i].worker, o.workers - 1);
 	if (self)
 		return selftest();
 	signal(SIGPIPE, SIG_IGN); /* a client that left is an EPIPE, handled where it happens */

@@ -25,7 +25,7 @@
 
 /* Receives connections until the parent closes the channel; each one is
  * served by the kind of its message, closed, and reported done. */
-static void worker_main(struct nar *n, const struct opts *o, SSL_CTX *ctx, int chan)
+static void worker_main(struct nar *n, const struct opts *o, SSL_CTX *ctx, int chan, int index)
 {
 	uint8_t *msg = malloc(1 + HS_MAX_ENCODED + 1);
 	struct handoff_state *st = malloc(sizeof *st);
@@ -45,7 +45,11 @@ static void worker_main(struct nar *n, const struct opts *o, SSL_CTX *ctx, int c
 			continue;
 		}
 		set_timeouts(fd, IDLE_MS);
-		ev(n, "received", NULL, "fd=%d kind=%c", fd, rx.len ? msg[0] : '?');
+		/* what came with the descriptor, in words (the diagrams show it) */
+		const char *with = rx.len == 0 ? "nothing" : msg[0] == MSG_NAIVE ? "no_session"
+				 : msg[0] == MSG_BEFORE ? "no_handshake_yet"
+				 : msg[0] == MSG_AFTER ? "tls_state" : "unknown";
+		ev(n, "received", NULL, "worker=%d fd=%d with=%s", index, fd, with);
 		if (rx.len == 1 && msg[0] == MSG_NAIVE) {
 			worker_naive(n, o, fd);
 		} else if (rx.len == 1 && msg[0] == MSG_BEFORE) {
@@ -92,7 +96,7 @@ void start_workers(struct nar *n, const struct opts *o, SSL_CTX *ctx, struct poo
 			if (sfd >= 0)
 				close(sfd);
 			unblock_signals();
-			worker_main(n, o, ctx, sv[1]);
+			worker_main(n, o, ctx, sv[1], i);
 			close(sv[1]);
 			if (o->go_fd >= 0)
 				close(o->go_fd);

@@ -9,7 +9,8 @@
  *   worker_ktls.c    the worker's kernel-TLS branch
  *   pool.c           pre-forked workers, their channels, the worker's receive loop
  *   demo.c           the narrated demo and its built-in client
- *   main.c           options, --serve, main()
+ *   dispatch.c       the parent's connections: the --serve loop, deadlines
+ *   main.c           options, main()
  *
  * See also: ssl_handoff.c, record.h, handoff_state.h, tls_export.h, ktls.h.
  */
@@ -29,6 +30,7 @@
 #include <openssl/ssl.h>
 
 #define MAX_WORKERS 16
+#define MAX_ROUTES 16
 #define LINE_CAP REC_MAX_PLAIN
 #define IDLE_MS (WAIT_MS * 3) /* a silent client is dropped after this */
 
@@ -52,6 +54,12 @@ struct opts {
 	int read_ahead;
 	uint64_t rekey_after;   /* 0: the AEAD limit of the suite */
 	int go_fd;              /* demo only: tells the client "your turn" (-1 otherwise) */
+	int route_by_sni;       /* before-handshake: peek at the ClientHello first */
+	int nroutes;
+	struct route {
+		const char *name; /* a server_name, compared without case */
+		int worker;       /* 0-based worker index */
+	} routes[MAX_ROUTES];
 };
 
 /* ---- lines.c: the line protocol and small helpers ----------------------- */
@@ -67,11 +75,13 @@ void go(const struct opts *o);
 _Noreturn void die_ssl(const char *what);
 const char *ssl_reason(char *buf, size_t cap);
 void set_timeouts(int fd, int ms);
+int set_nonblocking(int fd, int on);
 ssize_t read_exact(int fd, uint8_t *buf, size_t len, int ms);
 size_t make_reply(char *out, size_t cap, const char *role, const char *line, size_t len);
 size_t next_line(struct lines *l, char *out);
 SSL_CTX *server_ctx(const struct opts *o, EVP_PKEY *pkey, X509 *cert);
-void ssl_serve_lines(const struct nar *n, const struct opts *o, SSL *ssl, struct lines *l);
+int ssl_serve_lines(const struct nar *n, const struct opts *o, SSL *ssl, struct lines *l);
+void ssl_serve_lines_blocking(const struct nar *n, const struct opts *o, SSL *ssl, struct lines *l);
 
 /* ---- worker_record.c: the worker's own record layer --------------------- */
 
@@ -104,6 +114,7 @@ struct pool {
 	pid_t pid[MAX_WORKERS];
 	int chan[MAX_WORKERS]; /* our end of each worker's SOCK_SEQPACKET channel */
 	int busy[MAX_WORKERS]; /* connections handed over and not yet reported done */
+	int next;              /* round-robin: the worker after the last one picked */
 };
 
 void start_workers(struct nar *n, const struct opts *o, SSL_CTX *ctx, struct pool *p, int lfd, int sfd);
@@ -127,7 +138,15 @@ struct pconn {
 void worker_naive(const struct nar *n, const struct opts *o, int conn);
 void worker_before(const struct nar *n, const struct opts *o, SSL_CTX *ctx, int conn);
 void take_over(const struct nar *n, const struct opts *o, int conn, struct handoff_state *st);
+enum { STEP_WAIT, STEP_DONE, STEP_SERVE };
+int parent_step(const struct nar *n, const struct opts *o, struct pool *p, struct pconn *pc);
+void hand_off_before(const struct nar *n, struct pool *p, int w, int conn);
+
+/* ---- dispatch.c: the parent's connections ----------------------------------- */
+
+void pconn_free(struct pconn *pc);
 void parent_handle(struct nar *n, const struct opts *o, SSL_CTX *ctx, struct pool *p, int conn);
+int serve(struct nar *n, struct opts *o, SSL_CTX *ctx, int port);
 
 /* ---- demo.c ------------------------------------------------------------- */
 

@@ -43,12 +43,11 @@
  * tls_export.h, ktls.h next to this one.
  */
 #define _GNU_SOURCE
+#include "../common/escape.h"
 #include "ssl05.h"
 
 #include <errno.h>
 #include <inttypes.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,7 +113,7 @@ void worker_before(const struct nar *n, const struct opts *o, SSL_CTX *ctx, int 
 	ev(n, "handshake", NULL, "suite=%s", suite);
 	struct lines *l = calloc(1, sizeof *l);
 	if (l)
-		ssl_serve_lines(n, o, ssl, l);
+		ssl_serve_lines_blocking(n, o, ssl, l);
 	free(l);
 	SSL_free(ssl);
 }
@@ -135,7 +134,15 @@ void take_over(const struct nar *n, const struct opts *o, int conn, struct hando
 	uint64_t rd_seq = st->rd.seq, wr_seq = st->wr.seq;
 	size_t pending = st->pending_len;
 	/* lesson: take_over */
-	/* What the parent had decrypted and not yet answered comes first. */
+	/* What the parent had decrypted and not yet answered comes first. The
+	 * message says how much; the buffer it lands in says how much may. */
+	if (st->pending_len > sizeof t->l.buf) {
+		say(n, "the state carries %zu bytes of plaintext, my buffer holds %zu: "
+		       "closing fd %d", st->pending_len, sizeof t->l.buf, conn);
+		ev(n, "bad_state", NULL, "pending=%zu cap=%zu", st->pending_len, sizeof t->l.buf);
+		hs_wipe(st);
+		goto out;
+	}
 	memcpy(t->l.buf, st->pending, st->pending_len);
 	t->l.len = st->pending_len;
 	/* The keys, derived from the traffic secrets; tlsx_sess_init wipes st,
@@ -148,8 +155,8 @@ void take_over(const struct nar *n, const struct opts *o, int conn, struct hando
 	say(n, "took over the TLS 1.3 session on fd %d: %s, next record to read #%" PRIu64
 	       ", next to write #%" PRIu64 ", %zu bytes the parent had already decrypted",
 	    conn, suite, rd_seq, wr_seq, pending);
-	ev(n, "resume", NULL, "suite=%s read_seq=%" PRIu64 " write_seq=%" PRIu64 " pending=%zu", suite,
-	   rd_seq, wr_seq, pending);
+	ev(n, "resume", NULL, "read_seq=%" PRIu64 " write_seq=%" PRIu64 " pending=%zu", rd_seq, wr_seq,
+	   pending);
 	if (!(o->ktls_ok && worker_ktls(t)))
 		worker_record_loop(t); /* records in, replies out, until the end */
 out:
@@ -214,11 +221,13 @@ static int handshake_and_first_line(const struct nar *n, const struct opts *o, s
 static int export_and_hand_over(const struct nar *n, const struct opts *o, struct pool *p,
 				struct pconn *pc, int w)
 {
-	char why[128], reply[LINE_CAP + 64];
+	char why[128], reply[LINE_CAP + 64], shown[ESCAPED_CAP(200)];
 	SSL *ssl = pc->ssl;
 	struct lines *l = pc->l;
 	size_t r = make_reply(reply, sizeof reply, n->role, pc->line, pc->line_len);
-	say(n, "read the first line myself and answered it: \"%.*s\"", (int)r - 1, reply);
+	/* The client chose those bytes: escaped, an ESC cannot reach the terminal. */
+	say(n, "read the first line myself and answered it: \"%s\"",
+	    escape_bytes(shown, sizeof shown, reply, r - 1, 0));
 	ev(n, "reply", "client", "line=%zu", pc->line_len);
 	if (SSL_write(ssl, reply, (int)r) <= 0) {
 		say(n, "SSL_write: %s", ssl_reason(why, sizeof why));
@@ -257,6 +266,7 @@ static int export_and_hand_over(const struct nar *n, const struct opts *o, struc
 	st.pending_len = l->len;
 	memcpy(st.pending, l->buf, l->len);
 	int tickets = pc->c->tickets;
+	uint64_t written = pc->c->wr_records, got = pc->c->rd_records;
 	OPENSSL_cleanse(l, sizeof *l);
 	tlsx_capture_wipe(pc->c);
 	uint8_t msg[1 + HS_MAX_ENCODED];
@@ -267,13 +277,13 @@ static int export_and_hand_over(const struct nar *n, const struct opts *o, struc
 		hs_wipe(&st);
 		return 0; /* the state is gone: close rather than guess */
 	}
-	say(n, "exporting the session: %s, read seq %" PRIu64 ", write seq %" PRIu64
-	       " (%d ticket%s and my reply went out under this key), %zu bytes of decrypted "
-	       "plaintext; the secrets go into the message, never on screen",
-	    rec_suite_name(suite), st.rd.seq, st.wr.seq, tickets, tickets == 1 ? "" : "s",
-	    st.pending_len);
-	ev(n, "export", NULL, "suite=%s read_seq=%" PRIu64 " write_seq=%" PRIu64 " pending=%zu",
-	   rec_suite_name(suite), st.rd.seq, st.wr.seq, st.pending_len);
+	say(n, "exporting the session: %s; next record to read #%" PRIu64 " (I read %" PRIu64
+	       "), next to write #%" PRIu64 " (I wrote %" PRIu64 ": %d ticket%s and my reply); "
+	       "%zu bytes of decrypted plaintext; the secrets go into the message, never on screen",
+	    rec_suite_name(suite), st.rd.seq, got, st.wr.seq, written, tickets,
+	    tickets == 1 ? "" : "s", st.pending_len);
+	ev(n, "export", NULL, "read_seq=%" PRIu64 " write_seq=%" PRIu64 " pending=%zu", st.rd.seq,
+	   st.wr.seq, st.pending_len);
 	hs_wipe(&st);
 	/* lesson: quiet_free_and_send */
 	/* Free without a byte on the wire: SSL_shutdown would send close_notify
@@ -293,87 +303,52 @@ static int export_and_hand_over(const struct nar *n, const struct opts *o, struc
 	return 0;
 }
 
-/* Frees what pc holds (the SSL object quietly) and closes its descriptor. */
-static void pconn_free(struct pconn *pc)
+/*
+ * Moves pc on as far as its socket allows. STEP_WAIT: call again when pc->fd
+ * is ready. STEP_DONE: the connection is handed over or was closed on an
+ * error; free pc. STEP_SERVE: the parent keeps it (a refused handoff, or a
+ * client that closed before a whole line, whose close is to be answered).
+ */
+int parent_step(const struct nar *n, const struct opts *o, struct pool *p, struct pconn *pc)
 {
-	if (pc->ssl)
-		SSL_set_quiet_shutdown(pc->ssl, 1);
-	SSL_free(pc->ssl);
-	if (pc->fd >= 0)
-		close(pc->fd);
-	if (pc->c)
-		tlsx_capture_wipe(pc->c);
-	if (pc->l)
-		OPENSSL_cleanse(pc->l, sizeof *pc->l);
-	free(pc->c);
-	free(pc->l);
-	OPENSSL_cleanse(pc, sizeof *pc);
-	free(pc);
-}
-
-/* naive and after-handshake: the parent runs the handshake on conn (which
- * it owns from here on: handed over or closed before returning). */
-static void parent_tls(struct nar *n, const struct opts *o, SSL_CTX *ctx, struct pool *p, int conn)
-{
-	struct pconn *pc = calloc(1, sizeof *pc);
-	if (!pc) {
-		close(conn);
-		return;
-	}
-	pc->fd = conn;
-	pc->c = calloc(1, sizeof *pc->c);
-	pc->l = calloc(1, sizeof *pc->l);
-	pc->ssl = SSL_new(ctx);
-	if (!pc->c || !pc->l || !pc->ssl || !SSL_set_fd(pc->ssl, conn)) {
-		say(n, "out of memory: closing fd %d", conn);
-		pconn_free(pc);
-		return;
-	}
-	SSL_set_app_data(pc->ssl, pc->c);
 	int rc = handshake_and_first_line(n, o, pc, o->mode != MODE_NAIVE);
-	if (rc == 1 && o->mode == MODE_NAIVE) {
-		int w = pick_worker(p);
-		/* lesson: naive_hand_off */
-		say(n, "naive handoff: passing fd %d to the worker and freeing my SSL object - "
-		       "and with it the keys and sequence numbers", conn);
-		ev(n, "handoff", "worker", "fd=%d state=none", conn);
-		SSL_set_quiet_shutdown(pc->ssl, 1); /* free without a close_notify */
-		SSL_free(pc->ssl);
-		pc->ssl = NULL;
-		uint8_t m = MSG_NAIVE;
-		if (w >= 0)
-			hand_over(n, p, w, conn, &m, 1); /* the bare descriptor */
-		/* end lesson */
-		if (w >= 0)
-			pc->fd = -1;
-	} else if (rc == 1 && export_and_hand_over(n, o, p, pc, pick_worker(p)) < 0) {
-		ssl_serve_lines(n, o, pc->ssl, pc->l); /* refused: served here */
-	} else if (rc == -2) {
-		ssl_serve_lines(n, o, pc->ssl, pc->l); /* closed before a line: answer its close */
-	}
-	pconn_free(pc);
+	if (rc == 0)
+		return STEP_WAIT;
+	if (rc < 0)
+		return rc == -2 ? STEP_SERVE : STEP_DONE;
+	/* O_NONBLOCK belongs to the open file description, which the worker
+	 * shares: it gets the socket back in the blocking mode it expects. */
+	set_nonblocking(pc->fd, 0);
+	int w = pick_worker(p);
+	if (o->mode != MODE_NAIVE)
+		return export_and_hand_over(n, o, p, pc, w) < 0 ? STEP_SERVE : STEP_DONE;
+	/* lesson: naive_hand_off */
+	say(n, "naive handoff: passing fd %d to the worker and freeing my SSL object - "
+	       "and with it the keys and sequence numbers", pc->fd);
+	ev(n, "handoff", "worker", "fd=%d state=none", pc->fd);
+	SSL_set_quiet_shutdown(pc->ssl, 1); /* free without a close_notify */
+	SSL_free(pc->ssl);
+	pc->ssl = NULL;
+	uint8_t m = MSG_NAIVE;
+	if (w >= 0)
+		hand_over(n, p, w, pc->fd, &m, 1); /* the bare descriptor; closes our copy */
+	/* end lesson */
+	if (w >= 0)
+		pc->fd = -1;
+	return STEP_DONE;
 }
 
-/* One accepted connection, by mode; conn is handed over or closed. */
-void parent_handle(struct nar *n, const struct opts *o, SSL_CTX *ctx, struct pool *p, int conn)
+/* before-handshake: conn goes to worker w (or is closed when w < 0) before a
+ * byte of it is read; our copy is closed either way. */
+void hand_off_before(const struct nar *n, struct pool *p, int w, int conn)
 {
-	set_timeouts(conn, IDLE_MS);
-	/* A line protocol of small records: without TCP_NODELAY the second of two
-	 * small writes (the two session tickets) waits for a delayed ACK. */
-	int one = 1;
-	setsockopt(conn, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-	if (o->mode == MODE_BEFORE) {
-		int w = pick_worker(p);
-		/* lesson: before_hand_off */
-		say(n, "before-handshake: passing fd %d before reading a byte of it", conn);
-		ev(n, "handoff", "worker", "fd=%d state=none", conn);
-		uint8_t m = MSG_BEFORE;
-		if (w < 0)
-			close(conn);
-		else
-			hand_over(n, p, w, conn, &m, 1);
-		/* end lesson */
-		return;
-	}
-	parent_tls(n, o, ctx, p, conn);
+	/* lesson: before_hand_off */
+	say(n, "before-handshake: passing fd %d before reading a byte of it", conn);
+	ev(n, "handoff", "worker", "fd=%d state=none", conn);
+	uint8_t m = MSG_BEFORE;
+	if (w < 0)
+		close(conn);
+	else
+		hand_over(n, p, w, conn, &m, 1);
+	/* end lesson */
 }

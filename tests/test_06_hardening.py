@@ -14,7 +14,7 @@ import pytest
 from conftest import WAIT
 from test_06_prefork_server import (
     PROG, counters, counters_until, children, read_response, tls_connect, tls_context,
-    tls_response, until_eof, http_get, tls_get)
+    tls_response, until_eof, http_get, tls_get, wait_count)
 
 QUICK = 3.0  # an answer that is not held back comes well within this
 
@@ -86,3 +86,27 @@ def test_a_flooding_client_does_not_starve_another_on_the_same_worker(serve):
         t.join(WAIT)
         flood.close()
         assert not t.is_alive()
+
+
+def test_out_of_descriptors_a_worker_is_not_replaced_yet_and_the_server_lives(serve):
+    """The dispatcher's descriptor table is full (RLIMIT_NOFILE 64, 80 silent
+    TLS clients) when a worker is SIGKILLed: its replacement cannot get a
+    socketpair. The dispatcher says so, keeps serving with the worker left,
+    and retries with a back-off; once the clients are gone, the slot gets its
+    worker back."""
+    s = serve(PROG, "--workers", "2", "--tls", "--handshake-timeout", "600000")
+    resource.prlimit(s.pid, resource.RLIMIT_NOFILE, (64, 64))
+    idle = [socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) for _ in range(80)]
+    try:
+        counters_until(s, lambda c: c["accepted"] >= 50)  # the table is full now
+        victim = children(s.pid)[0]
+        os.kill(victim, 9)
+        wait_count(s, r"cannot start a new worker-\d \(socketpair: EMFILE", 1)
+        assert s.proc.poll() is None
+    finally:
+        for c in idle:
+            c.close()
+    c = counters_until(s, lambda c: c["respawned"] == 1)
+    assert c["refused"] == 0
+    assert len(children(s.pid)) == 2 and victim not in children(s.pid)
+    assert tls_get(s.port)[0] == 200

@@ -408,6 +408,18 @@ static void worker_accept(struct worker *w)
 		int fd = accept4(w->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0)
 			return; /* EAGAIN: another worker took it (reuseport: never), or none left */
+		if (w->cfg->model == M_PROXY) {
+			/* Our Unix listener has an address anyone on the machine can
+			 * connect to. Only the dispatcher may: SO_PEERCRED names the
+			 * process that connected (unix(7)); anyone else is closed
+			 * before a byte is read or written. */
+			pid_t pid;
+			uid_t uid;
+			if (fdpass_peer(fd, &pid, &uid, NULL) < 0 || pid != getppid() || uid != getuid()) {
+				close(fd);
+				continue;
+			}
+		}
 		conn_add(w, fd, NULL, 0);
 	}
 }

@@ -110,3 +110,43 @@ def test_out_of_descriptors_a_worker_is_not_replaced_yet_and_the_server_lives(se
     assert c["refused"] == 0
     assert len(children(s.pid)) == 2 and victim not in children(s.pid)
     assert tls_get(s.port)[0] == 200
+
+
+def unix_listeners_of(pid):
+    """The abstract addresses of the listening Unix sockets pid holds, from
+    /proc/net/unix (flags 00010000 = __SO_ACCEPTCON) and /proc/PID/fd."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    with open("/proc/net/unix") as f:
+        next(f)
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 8 and parts[6] in inodes and parts[3] == "00010000" and parts[7].startswith("@"):
+                found.append(parts[7][1:])
+    return found
+
+
+def test_proxy_worker_talks_only_to_its_dispatcher(serve):
+    """The proxy's workers listen on abstract Unix addresses, which any local
+    process can connect to. A worker checks SO_PEERCRED: an outsider gets
+    nothing, not even a 400; the dispatcher's clients are still served."""
+    s = serve(PROG, "--workers", "1", "--model", "proxy")
+    (worker,) = children(s.pid)
+    (addr,) = unix_listeners_of(worker)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as u:
+        u.settimeout(WAIT)
+        u.connect("\0" + addr)
+        try:
+            u.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            got = until_eof(u)
+        except (BrokenPipeError, ConnectionResetError):
+            got = b""
+        assert got == b""
+    assert http_get(s.port)[0] == 200

@@ -164,7 +164,7 @@ static int spawn(struct disp *d, int s, int again, const char **failed)
 			say(d->n, "--respawn-fails: exiting before I am ready, as a broken worker would");
 			_exit(EXIT_RUNTIME);
 		}
-		worker_main(d->n, d->cfg, sv[1], ulfd, -1, d->port);
+		worker_exec(d->n, d->cfg, sv[1], ulfd, d->port); /* a fresh image: worker.c */
 	}
 	close(sv[1]);
 	fcntl(sv[0], F_SETFL, O_NONBLOCK);

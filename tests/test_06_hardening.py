@@ -6,12 +6,15 @@ table and key material, checked from outside (/proc/PID/fd, /proc/PID/status).
 
 import os
 import resource
+import select
+import signal
 import socket
+import subprocess
 import time
 
 import pytest
 
-from conftest import WAIT
+from conftest import WAIT, binary, check_sanitizer
 from test_06_prefork_server import (
     PROG, counters, counters_until, children, read_response, tls_connect, tls_context,
     tls_response, until_eof, http_get, tls_get, wait_count)
@@ -150,3 +153,44 @@ def test_proxy_worker_talks_only_to_its_dispatcher(serve):
             got = b""
         assert got == b""
     assert http_get(s.port)[0] == 200
+
+
+def test_tls_workers_are_fresh_images_and_not_dumpable():
+    """With --tls a worker parses what clients send with hand-written code:
+    it must not hold the server's private key, nor the SSL objects and
+    session states of other connections. The dispatcher forks and the child
+    execs the same binary in the worker role (its cmdline says so), so
+    nothing of the dispatcher's memory is left in it; and it makes itself
+    not dumpable (no core dump of its traffic keys, no ptrace or /proc/PID/mem
+    by other processes of the user): proc(5) says the files of such a
+    process (/proc/PID/status, mem, ...) belong to root, which shows when the
+    server runs as nobody."""
+    nobody = 65534
+
+    def drop():
+        os.setgroups([])
+        os.setgid(nobody)
+        os.setuid(nobody)
+
+    p = subprocess.Popen([binary(PROG), "--serve", "--port", "0", "--workers", "1", "--tls"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=drop,
+                         start_new_session=True)
+    try:
+        assert select.select([p.stdout], [], [], WAIT)[0], "no first line"
+        first = p.stdout.readline().decode()
+        port = int(first.rsplit(":", 1)[1])
+        (worker,) = children(p.pid)
+        argv = open(f"/proc/{worker}/cmdline", "rb").read().split(b"\0")
+        assert argv[:2] == [b"handoff_server", b"--worker-role"]
+        assert os.readlink(f"/proc/{worker}/exe") == os.readlink(f"/proc/{p.pid}/exe")
+        assert os.stat(f"/proc/{p.pid}/status").st_uid == nobody  # the dispatcher: dumpable
+        assert os.stat(f"/proc/{worker}/status").st_uid == 0  # the worker: not dumpable
+        assert tls_get(port)[0] == 200
+    finally:
+        p.send_signal(signal.SIGTERM)
+        rc = p.wait(WAIT)
+        err = p.stderr.read().decode()
+        p.stdout.close()
+        p.stderr.close()
+    assert rc == 0, err
+    check_sanitizer(err)

@@ -194,3 +194,57 @@ def test_tls_workers_are_fresh_images_and_not_dumpable():
         p.stderr.close()
     assert rc == 0, err
     check_sanitizer(err)
+
+
+def fd_table(pid):
+    out = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            pass  # closed while we looked
+    return out
+
+
+def sockets(table):
+    return {fd: t for fd, t in table.items() if t.startswith("socket:[")}
+
+
+def test_every_worker_holds_its_channel_and_its_connections_and_nothing_else(serve):
+    """Each worker's descriptor table, read from outside (/proc/PID/fd), once
+    every connection is acknowledged: its channel, the connections it serves,
+    signalfd, epoll and what the test gave the server (stdio, the watch pipe)
+    - and nothing else: not the dispatcher's listening socket, not the
+    dispatcher's end of any channel, not another worker's channel, not a copy
+    of a connection another worker serves. The first connection kills its
+    worker before the ack, so the replacement is started while the
+    dispatcher holds an un-acknowledged copy it must not inherit."""
+    s = serve(PROG, "--workers", "2", "--die-before-ack", "1")
+    assert http_get(s.port)[0] == 200  # and EOF after it: nobody kept a copy
+    counters_until(s, lambda c: c["acked"] == 1 and c["respawned"] == 1)
+    conns = [socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) for _ in range(6)]
+    try:
+        served_by = []
+        for c in conns:
+            c.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            served_by.append(int(read_response(c)[1].split()[-1]))
+        counters_until(s, lambda c: c["acked"] == 7)
+        workers = children(s.pid)
+        assert len(workers) == 2
+        disp = fd_table(s.pid)
+        # stdio and the test's watch pipe: what the dispatcher holds that is
+        # neither a socket nor its own signalfd and epoll
+        inherited = [t for t in disp.values() if not t.startswith(("socket:[", "anon_inode:"))]
+        tables = {w: fd_table(w) for w in workers}
+        for w, table in tables.items():
+            mine = set(sockets(table).values())
+            assert len(mine) == 1 + served_by.count(w), (w, table)
+            assert not mine & set(sockets(disp).values()), "a socket the dispatcher holds"
+            for other, t in tables.items():
+                if other != w:
+                    assert not mine & set(sockets(t).values()), "a socket another worker holds"
+            rest = sorted(t for t in table.values() if not t.startswith("socket:["))
+            assert rest == sorted(inherited + ["anon_inode:[signalfd]", "anon_inode:[eventpoll]"])
+    finally:
+        for c in conns:
+            c.close()

@@ -132,17 +132,29 @@ void close_inherited(struct disp *d, int keep_slot)
 	relays_forget(d);
 }
 
-static void spawn(struct disp *d, int s, int again)
+/* Starts a worker for slot s: a SOCK_SEQPACKET socketpair, then fork; the
+ * child keeps its end and nothing else of ours. 0: started; -1/errno (the
+ * socketpair, the fork or the epoll registration failed; nothing is left
+ * open, the slot stays empty). The dispatcher never exits for it: the
+ * caller retries after a back-off and serves with the workers it has. */
+static int spawn(struct disp *d, int s, int again, const char **failed)
 {
 	struct slot *sl = &d->slots[s];
 	int sv[2];
 	/* SOCK_SEQPACKET: message boundaries are kept, so a handoff and an ack
 	 * are each exactly one recvmsg - no framing to get wrong. */
+	*failed = "socketpair";
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
-		die("socketpair");
+		return -1;
+	*failed = "fork";
 	pid_t pid = fork();
-	if (pid < 0)
-		die("fork");
+	if (pid < 0) {
+		int e = errno;
+		close(sv[0]);
+		close(sv[1]);
+		errno = e;
+		return -1;
+	}
 	if (pid == 0) {
 		close(sv[0]);
 		int ulfd = sl->ulfd;
@@ -152,20 +164,53 @@ static void spawn(struct disp *d, int s, int again)
 			say(d->n, "--respawn-fails: exiting before I am ready, as a broken worker would");
 			_exit(EXIT_RUNTIME);
 		}
-		worker_main(d->n, d->cfg, sv[1], ulfd, -1, d->port);
+		worker_exec(d->n, d->cfg, sv[1], ulfd, d->port); /* a fresh image: worker.c */
 	}
 	close(sv[1]);
 	fcntl(sv[0], F_SETFL, O_NONBLOCK);
+	*failed = "epoll_ctl";
+	if (ep_add(d->ep, sv[0], EPOLLIN, tag(T_CHAN, (uint32_t)s)) < 0) {
+		int e = errno;
+		close(sv[0]); /* the worker reads EOF and exits; we reap it now */
+		reap_child(pid, WAIT_MS, NULL);
+		errno = e;
+		return -1;
+	}
 	sl->pid = pid;
 	sl->chan = sv[0];
 	sl->alive = 1;
 	sl->reaped = sl->ready = sl->blocked = sl->draining = 0;
 	sl->un_head = sl->un_count = 0;
 	sl->open = 0;
-	if (ep_add(d->ep, sl->chan, EPOLLIN, tag(T_CHAN, (uint32_t)s)) < 0)
-		die("epoll_ctl(channel)");
 	if (!d->cfg->verbose && d->announced) /* the first line must be "listening on" */
 		say(d->n, "%s is pid %d", sl->role, (int)pid);
+	return 0;
+}
+
+/* The back-off of slot s: 100 ms, doubling up to 5 s. */
+static void back_off(struct disp *d, int s)
+{
+	struct slot *sl = &d->slots[s];
+	sl->backoff_ms = sl->backoff_ms ? sl->backoff_ms * 2 : 100;
+	if (sl->backoff_ms > 5000)
+		sl->backoff_ms = 5000;
+	sl->respawn_at = now_ms() + sl->backoff_ms;
+}
+
+/* A replacement for slot s, now; if it cannot be started (out of
+ * descriptors, of processes), say so and try again after a back-off. */
+static void respawn(struct disp *d, int s)
+{
+	struct slot *sl = &d->slots[s];
+	const char *failed;
+	if (spawn(d, s, 1, &failed) == 0) {
+		d->c.respawned++;
+		return;
+	}
+	int e = errno;
+	back_off(d, s);
+	say(d->n, "cannot start a new %s (%s: %s (%s)); serving with the others, retrying in %d ms",
+	    sl->role, failed, strerrorname_np(e), strerror(e), sl->backoff_ms);
 }
 
 int eligible(const struct disp *d, int s)
@@ -223,10 +268,7 @@ void replace_worker(struct disp *d, int s)
 		 * next one too (a broken build, a missing file). Respawning at once
 		 * would turn a crash loop into a fork loop: back off, 100 ms
 		 * doubling up to 5 s, and let the other workers carry the load. */
-		sl->backoff_ms = sl->backoff_ms ? sl->backoff_ms * 2 : 100;
-		if (sl->backoff_ms > 5000)
-			sl->backoff_ms = 5000;
-		sl->respawn_at = now_ms() + sl->backoff_ms;
+		back_off(d, s);
 		say(d->n, "%s died before it was ready: respawning in %d ms, not at once", sl->role,
 		    sl->backoff_ms);
 		return;
@@ -240,8 +282,7 @@ void replace_worker(struct disp *d, int s)
 		    sl->role);
 		ev(d->n, "respawn", NULL, "slot=%d", s);
 	}
-	spawn(d, s, 1);
-	d->c.respawned++;
+	respawn(d, s);
 }
 
 /* Slots whose back-off has run out get their worker back. */
@@ -252,8 +293,7 @@ static void respawn_due(struct disp *d)
 		struct slot *sl = &d->slots[s];
 		if (sl->respawn_at && !sl->alive && !d->stopping && now >= sl->respawn_at) {
 			sl->respawn_at = 0;
-			spawn(d, s, 1);
-			d->c.respawned++;
+			respawn(d, s);
 		}
 	}
 }
@@ -456,6 +496,22 @@ void dispatcher_loop(struct disp *d)
 	}
 }
 
+/* A worker closed its channel before it said it was ready: its exit
+ * status is the news (not an errno, which nothing set). Exits 1. */
+static _Noreturn void start_failed(struct disp *d, int s)
+{
+	struct slot *sl = &d->slots[s];
+	int st = 0;
+	reap_child(sl->pid, WAIT_MS, &st);
+	if (WIFSIGNALED(st))
+		fprintf(stderr, "handoff_server: %s exited before it was ready: killed by signal %d (%s)\n",
+			sl->role, WTERMSIG(st), strsignal(WTERMSIG(st)));
+	else
+		fprintf(stderr, "handoff_server: %s exited before it was ready: exit status %d\n",
+			sl->role, WEXITSTATUS(st));
+	exit(EXIT_RUNTIME);
+}
+
 /* Starts the workers (and waits until each says it is ready). */
 void start_workers(struct disp *d)
 {
@@ -480,14 +536,23 @@ void start_workers(struct disp *d)
 				die("proxy: Unix listener for %s", sl->role);
 		}
 	}
+	const char *failed;
 	for (int s = 0; s < d->cfg->workers; s++)
-		spawn(d, s, 0);
+		if (spawn(d, s, 0, &failed) < 0)
+			die("starting %s: %s", d->slots[s].role, failed);
 	for (int s = 0; s < d->cfg->workers; s++) {
 		struct slot *sl = &d->slots[s];
 		long long until = now_ms() + WAIT_MS;
-		while (sl->alive && !sl->ready && now_ms() < until) {
-			if (wait_readable(sl->chan, (int)(until - now_ms())) <= 0 || chan_read(d, s) < 0)
-				die("%s did not start", sl->role);
+		while (sl->alive && !sl->ready) {
+			int r = wait_readable(sl->chan, (int)(until - now_ms()));
+			if (r < 0)
+				die("waiting for %s to start (poll)", sl->role);
+			if (r == 0 || now_ms() >= until) {
+				errno = ETIMEDOUT;
+				die("%s did not say it was ready within %d ms", sl->role, WAIT_MS);
+			}
+			if (chan_read(d, s) < 0)
+				start_failed(d, s);
 		}
 	}
 }

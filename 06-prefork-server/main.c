@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -68,6 +69,8 @@ int main(int argc, char **argv)
 		{ "read-ahead", no_argument, NULL, OPT_READAHEAD },
 		{ 0 },
 	};
+	if (argc > 1 && strcmp(argv[1], "--worker-role") == 0)
+		worker_exec_main(argc, argv); /* a worker the dispatcher started */
 	struct common_opts o = { 0 };
 	long cores = sysconf(_SC_NPROCESSORS_ONLN);
 	struct config cfg = {

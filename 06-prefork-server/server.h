@@ -180,6 +180,8 @@ int conn_add(struct worker *w, int fd, const uint8_t *state, size_t len);
 void worker_start_drain(struct worker *w, const char *why);
 _Noreturn void worker_main(struct nar *n, const struct config *cfg, int chan, int lfd, int conn,
 			   int port);
+_Noreturn void worker_exec(struct nar *n, const struct config *cfg, int chan, int lfd, int port);
+_Noreturn void worker_exec_main(int argc, char **argv);
 
 /* ---- models.c ----------------------------------------------------------- */
 void relay_start(struct disp *d, int cfd);

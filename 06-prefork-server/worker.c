@@ -24,7 +24,10 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -408,6 +411,18 @@ static void worker_accept(struct worker *w)
 		int fd = accept4(w->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0)
 			return; /* EAGAIN: another worker took it (reuseport: never), or none left */
+		if (w->cfg->model == M_PROXY) {
+			/* Our Unix listener has an address anyone on the machine can
+			 * connect to. Only the dispatcher may: SO_PEERCRED names the
+			 * process that connected (unix(7)); anyone else is closed
+			 * before a byte is read or written. */
+			pid_t pid;
+			uid_t uid;
+			if (fdpass_peer(fd, &pid, &uid, NULL) < 0 || pid != getppid() || uid != getuid()) {
+				close(fd);
+				continue;
+			}
+		}
 		conn_add(w, fd, NULL, 0);
 	}
 }
@@ -529,3 +544,91 @@ _Noreturn void worker_main(struct nar *n, const struct config *cfg, int chan, in
 	exit(0);
 }
 
+
+/* ---- a worker in a fresh process image ----------------------------------- */
+
+/* Clears close-on-exec on fd (if it is one) so it survives execv. */
+static int keep_over_exec(int fd)
+{
+	int fl = fd < 0 ? 0 : fcntl(fd, F_GETFD);
+	return fd < 0 ? 0 : fl < 0 ? -1 : fcntl(fd, F_SETFD, fl & ~FD_CLOEXEC);
+}
+
+/*
+ * In a child just forked by the dispatcher: becomes a fresh copy of this
+ * program in the worker role (worker_exec_main below), keeping only the
+ * descriptors it is given: the channel, the proxy's Unix listener, the
+ * narration's files. Everything else the fork copied goes with the old
+ * image: the server's private key, the SSL objects of handshakes in
+ * progress, the session states of connections waiting for other workers
+ * (with --tls, the worker parses untrusted input with hand-written code, so
+ * it must not hold them). Never returns; on failure exits 1, and the
+ * dispatcher sees a worker that died before it was ready.
+ */
+_Noreturn void worker_exec(struct nar *n, const struct config *cfg, int chan, int lfd, int port)
+{
+	char a[11][24];
+	snprintf(a[0], sizeof a[0], "%d", chan);
+	snprintf(a[1], sizeof a[1], "%d", lfd);
+	snprintf(a[2], sizeof a[2], "%d", n->trace_fd);
+	snprintf(a[3], sizeof a[3], "%d", n->seq_fd);
+	snprintf(a[4], sizeof a[4], "%d", n->quiet);
+	snprintf(a[5], sizeof a[5], "%d", cfg->model);
+	snprintf(a[6], sizeof a[6], "%d", cfg->tls);
+	snprintf(a[7], sizeof a[7], "%d", cfg->header_ms);
+	snprintf(a[8], sizeof a[8], "%d", cfg->verbose);
+	snprintf(a[9], sizeof a[9], "%d", port);
+	snprintf(a[10], sizeof a[10], "%d", cfg->workers);
+	char *argv[] = { "handoff_server", "--worker-role", (char *)n->role, a[0], a[1], a[2], a[3],
+			 a[4], a[5], a[6], a[7], a[8], a[9], a[10], NULL };
+	if (keep_over_exec(chan) == 0 && keep_over_exec(lfd) == 0 &&
+	    keep_over_exec(n->trace_fd) == 0 && keep_over_exec(n->seq_fd) == 0)
+		execv("/proc/self/exe", argv); /* the same binary, even if the file was replaced */
+	say(n, "execv /proc/self/exe: %s (%s)", strerrorname_np(errno), strerror(errno));
+	_exit(EXIT_RUNTIME);
+}
+
+static int arg_int(const char *s)
+{
+	char *end;
+	long v = strtol(s, &end, 10);
+	if (*end || v < -1 || v > 1 << 30) {
+		fprintf(stderr, "handoff_server: --worker-role: bad number %s\n", s);
+		exit(EXIT_USAGE);
+	}
+	return (int)v;
+}
+
+/* main() with "--worker-role ROLE CHAN LFD TRACE SEQ QUIET MODEL TLS
+ * HEADER_MS VERBOSE PORT WORKERS" (what worker_exec passes): the worker's
+ * life in the fresh image. Not for people: the dispatcher starts it. */
+_Noreturn void worker_exec_main(int argc, char **argv)
+{
+	static struct config cfg;
+	static struct nar n;
+	if (argc != 14) {
+		fprintf(stderr, "handoff_server: --worker-role is for the dispatcher only\n");
+		exit(EXIT_USAGE);
+	}
+	n.role = argv[2];
+	n.trace_fd = arg_int(argv[5]);
+	n.seq_fd = arg_int(argv[6]);
+	n.quiet = arg_int(argv[7]);
+	cfg.model = arg_int(argv[8]);
+	cfg.tls = arg_int(argv[9]);
+	cfg.header_ms = arg_int(argv[10]);
+	cfg.verbose = arg_int(argv[11]);
+	cfg.workers = arg_int(argv[13]);
+	int chan = arg_int(argv[3]), lfd = arg_int(argv[4]);
+	/* back to close-on-exec: nothing a worker might run gets them */
+	fcntl(chan, F_SETFD, FD_CLOEXEC);
+	if (lfd >= 0)
+		fcntl(lfd, F_SETFD, FD_CLOEXEC);
+	if (cfg.tls) {
+		/* The traffic keys of the sessions it takes over stay out of core
+		 * dumps, and other processes of our user cannot ptrace it or read
+		 * its memory through /proc (prctl(2), PR_SET_DUMPABLE). */
+		prctl(PR_SET_DUMPABLE, 0);
+	}
+	worker_main(&n, &cfg, chan, lfd, -1, arg_int(argv[12]));
+}

@@ -163,6 +163,10 @@ ssize_t ktls_recv(int fd, void *buf, size_t cap, int *type, int timeout_ms)
 	while (r < 0 && errno == EINTR);
 	if (r < 0)
 		return -1;
+	if (msg.msg_flags & MSG_CTRUNC) { /* cannot happen with room for the type */
+		errno = EIO;
+		return -1;
+	}
 	*type = CT_APPLICATION_DATA;
 	for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
 		if (c->cmsg_level == SOL_TLS && c->cmsg_type == TLS_GET_RECORD_TYPE) {

@@ -66,34 +66,40 @@ static void fatal_alert(struct tls13 *t, int alert)
 	ktls_send_alert(t->conn, 2, alert);
 }
 
-/* One record the kernel handed up that is not data: 1 to go on, 0 when over. */
+/* One record the kernel handed up that is not data: 1 to go on, 0 when over.
+ * The checks are the record layer's (tlsx_open_record), on what is left. */
 static int control_record(struct tls13 *t, int type, const unsigned char *b, ssize_t len)
 {
 	const struct nar *n = t->n;
-	if (type == CT_ALERT && len == 2 && b[1] == ALERT_CLOSE_NOTIFY) {
+	int alert = ALERT_UNEXPECTED_MESSAGE; /* a type or message a client may not send */
+	if (type == CT_ALERT && len != 2) {
+		alert = ALERT_DECODE_ERROR;
+	} else if (type == CT_ALERT && b[1] == ALERT_CLOSE_NOTIFY) {
 		say(n, "the client sent close_notify (a control message from the kernel); "
 		       "answering with mine");
 		ev(n, "close_notify", "client", NULL);
 		ktls_send_alert(t->conn, 1, ALERT_CLOSE_NOTIFY);
 		return 0;
-	}
-	if (type == CT_ALERT && len == 2) {
+	} else if (type == CT_ALERT) {
 		say(n, "the client sent alert %d (%s): the connection is over", b[1], rec_alert_name(b[1]));
 		ev(n, "client_alert", NULL, "alert=%d", b[1]);
 		return 0;
+	} else if (type == CT_HANDSHAKE && len > 0 && b[0] == HS_KEY_UPDATE) {
+		/* Well-formed: type, a 3-byte length of 1, the request value. */
+		int ok = len == 5 && b[1] == 0 && b[2] == 0 && b[3] == 1;
+		alert = !ok ? ALERT_DECODE_ERROR
+		      : b[4] > KU_REQUESTED ? ALERT_ILLEGAL_PARAMETER
+					    : ALERT_INTERNAL_ERROR;
+		if (alert == ALERT_INTERNAL_ERROR) {
+			/* The kernel stopped decrypting at this record: the client's
+			 * next records are under the next traffic secret, which this
+			 * kernel cannot be given (TLS_RX again: Linux 6.14 and later). */
+			say(n, "KeyUpdate from the client: the kernel cannot take the next read key; "
+			       "ending the connection");
+			ev(n, "peer_key_update", NULL, "requested=%d", b[4]);
+		}
 	}
-	if (type == CT_HANDSHAKE && len == 5 && b[0] == HS_KEY_UPDATE) {
-		/* The kernel stopped decrypting at this record: the client's next
-		 * records are under the next traffic secret, which this kernel
-		 * cannot be given (TLS_RX once more: Linux 6.14 and later). */
-		say(n, "KeyUpdate from the client: the kernel cannot take the next read key; "
-		       "ending the connection");
-		ev(n, "peer_key_update", NULL, "requested=%d", b[4]);
-		fatal_alert(t, ALERT_INTERNAL_ERROR);
-		return 0;
-	}
-	fatal_alert(t, type == CT_ALERT || type == CT_HANDSHAKE ? ALERT_DECODE_ERROR
-								     : ALERT_UNEXPECTED_MESSAGE);
+	fatal_alert(t, alert);
 	return 0;
 }
 

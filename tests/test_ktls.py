@@ -39,7 +39,16 @@ def probe():
                 return e.errno
 
 
+def available_ulps():
+    with open("/proc/sys/net/ipv4/tcp_available_ulp") as f:
+        return f.read().split()
+
+
+# What the kernel lists before and after the first TCP_ULP "tls" of this run
+# (in the guest, the first of its life: nothing before us asked for it).
+ULPS_BEFORE = available_ulps()
 HAVE_KTLS = probe() == 0
+ULPS_AFTER = available_ulps()
 needs_ktls = pytest.mark.skipif(not HAVE_KTLS, reason="no kernel TLS here: run make test-ktls")
 
 
@@ -82,6 +91,13 @@ def test_without_ktls_force_fails_and_auto_says_why_once(serve):
 # ---------------------------------------------------------------------------
 # A kernel with kTLS (the guest)
 # ---------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not GUEST, reason="needs a kernel that has not loaded tls yet: run make test-ktls")
+def test_tcp_available_ulp_is_the_wrong_test():
+    """It lists the ULP modules loaded so far; TCP_ULP "tls" loads the module
+    on demand (we run as root: CAP_NET_ADMIN)."""
+    assert "tls" not in ULPS_BEFORE and HAVE_KTLS and "tls" in ULPS_AFTER
 
 
 @needs_ktls

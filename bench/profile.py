@@ -43,6 +43,11 @@ def pids_of(root):
     return [root, *run.children(root)]
 
 
+def own_cpu(pid):
+    """CPU seconds of pid alone: the dispatcher, or nginx's master."""
+    return sum(t for c, _, _, t in run.processes() if c == pid) / os.sysconf("SC_CLK_TCK")
+
+
 def wrk_requests(port, close, scheme, seconds):
     cmd = ["wrk", "-t2", f"-c{run.CONNS}", f"-d{seconds}s"]
     if close:
@@ -68,15 +73,15 @@ def syscall_counts(server_pid, port, close, scheme):
     speed, nothing stops it at each call as strace would."""
     with tempfile.NamedTemporaryFile("r", suffix=".perf") as out:
         cmd = ["perf", "stat", "-x", ",", "-o", out.name, "-p", ",".join(map(str, pids_of(server_pid))),
-               "-e", "raw_syscalls:sys_enter"]
+               "-e", "raw_syscalls:sys_enter", "-e", "context-switches"]
         for name in SYSCALLS:
             cmd += ["-e", f"syscalls:sys_enter_{name}"]
         st = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             time.sleep(0.5)  # perf says nothing when it is attached: give it a moment
-            cpu0 = run.tree_cpu(server_pid)
+            cpu0, first0 = run.tree_cpu(server_pid), own_cpu(server_pid)
             n = wrk_requests(port, close, scheme, SECONDS)
-            cpu = run.tree_cpu(server_pid) - cpu0
+            cpu, first = run.tree_cpu(server_pid) - cpu0, own_cpu(server_pid) - first0
         finally:
             st.send_signal(signal.SIGINT)
             st.wait(timeout=run.WAIT)
@@ -85,8 +90,11 @@ def syscall_counts(server_pid, port, close, scheme):
             f = line.split(",")
             if len(f) >= 3 and f[0].isdigit():
                 name = f[2].replace("syscalls:sys_enter_", "").replace("raw_syscalls:sys_enter", "all")
+                name = name.replace("context-switches", "(switches)")
                 calls[name] = int(f[0])
-    return {k: v / n for k, v in calls.items() if v}, n
+    per = {k: v / n for k, v in calls.items() if v}
+    per["first %"] = 100 * first / cpu if cpu else 0.0  # a share, not per request
+    return per, n
 
 
 def perf_profile(server_pid, port, close, scheme):
@@ -141,10 +149,11 @@ def main():
                            key=lambda k: -max(t.get(k, 0) for t, _ in table.values()))
             print(f"{'':>16}" + "".join(f"{n:>16}" for n in table))
             for k in names:
-                if k != "CPU µs" and max(t.get(k, 0) for t, _ in table.values()) >= 0.01:
+                if k not in ("CPU µs", "first %") and max(t.get(k, 0) for t, _ in table.values()) >= 0.01:
                     print(f"{k:>16}" + "".join(f"{t.get(k, 0):>16.2f}" for t, _ in table.values()))
             print(f"{'(requests)':>16}" + "".join(f"{n:>16}" for _, n in table.values()))
             print(f"{'CPU µs/request':>16}" + "".join(f"{t['CPU µs']:>16.1f}" for t, _ in table.values()))
+            print(f"{'% in 1st process':>16}" + "".join(f"{t['first %']:>16.0f}" for t, _ in table.values()))
 
 
 if __name__ == "__main__":

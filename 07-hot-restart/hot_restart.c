@@ -204,8 +204,9 @@ int hand_over_conns(struct gen *g, const size_t *slots, size_t count)
 	char msg[MSG_MAX + 8 * FDPASS_MAX_FDS], ack[MSG_MAX];
 	int len = snprintf(msg, MSG_MAX, "CONN %zu", count);
 	for (size_t i = 0; i < count; i++) {
-		fds[i] = g->conns[slots[i]].fd;
-		len += snprintf(msg + len, sizeof msg - (size_t)len, " %d", g->conns[slots[i]].id);
+		const struct conn *c = &g->conns[slots[i]];
+		fds[i] = c->fd;
+		len += snprintf(msg + len, sizeof msg - (size_t)len, " %d", c->id);
 	}
 	if (fdpass_send(g->chan, msg, (size_t)len, fds, count, NULL) != FDPASS_OK)
 		return -1;

@@ -131,12 +131,12 @@ def run_strategy(binary, strategy, upgrades):
         pid_file = Path(tmp) / "pid"
         proc = subprocess.Popen([binary, "--serve", "--port", "0", "--strategy", strategy,
                                  "--pid-file", str(pid_file)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
+                                start_new_session=True)
         try:
             first = proc.stdout.readline().decode()
             m = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", first)
             if not m:
-                raise RuntimeError(f"{strategy}: {first!r} {proc.stderr.read().decode()}")
+                raise RuntimeError(f"{strategy}: the server said {first!r}")
             # drain the narration so the server never blocks on a full pipe
             threading.Thread(target=lambda: proc.stdout.read(), daemon=True).start()
             port = int(m.group(1))

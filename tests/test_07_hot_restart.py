@@ -10,7 +10,7 @@ critical point until the test writes a line on its stdin), never a sleep.
 """
 
 import ctypes
-import errno
+import json
 import os
 import re
 import select
@@ -450,3 +450,20 @@ def test_reuseport_migrate_refuses_without_the_sysctl():
 def test_bad_arguments_exit_2():
     assert run(PROG, "--strategy", "handoff", expect=2).stderr.count("\n") == 1
     assert run(PROG, "--serve", "--strategy", "nope", expect=2).stderr.count("\n") == 1
+
+
+# ---- measure.py, quickly ------------------------------------------------------------
+
+def test_measure_handoff_loses_nothing_under_load():
+    """measure.py (the README's table) with 3 upgrades of the handoff under
+    load: no request failed, and every keep-alive client, which never had to
+    reconnect, was served last by generation 4."""
+    cmd = ["/usr/bin/python3", str(ROOT / "07-hot-restart" / "measure.py"), "--json",
+           "--upgrades", "3", "--strategy", "handoff", "--binary", binary(PROG)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    row = json.loads(r.stdout.splitlines()[0])
+    assert row["upgrades"] == 3 and row["requests"] > 100, row
+    assert row["failed"] == 0 and row["keepalive_reconnects"] == 0, row
+    assert row["keepalive_last_generation"] == [4] * 4, row
+    check_sanitizer(r.stderr)

@@ -17,6 +17,7 @@ must exist, and it must print what the page says it prints.
   * the timing table gives every stage its minutes, and they sum to 90.
 """
 
+import os
 import re
 import shlex
 import subprocess
@@ -25,7 +26,7 @@ from functools import lru_cache
 
 import pytest
 
-from conftest import ROOT, WAIT, run
+from conftest import ROOT, WAIT, binary, run
 from test_readmes import fenced_blocks
 
 PAGE = ROOT / "WALKTHROUGH.md"
@@ -157,7 +158,7 @@ def test_command_names_what_exists(start, words):
     head = words[0]
     rel = stage_binary(head)
     if rel:
-        assert (ROOT / rel).is_file(), f"line {start}: {head}: no such program (did make run?)"
+        assert os.path.isfile(binary(rel)), f"line {start}: {head}: no such program (did make run?)"
         bad = unknown_words(words[1:], help_of(rel))
         assert not bad, f"line {start}: {rel} --help never mentions {bad}"
     elif head in ("python3", "python"):

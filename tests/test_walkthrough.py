@@ -10,6 +10,9 @@ must exist, and it must print what the page says it prints.
     to a flag (`--mode article`), a script of the repository whose --help does
     the same, or one of the few outside tools the page uses; so does every
     long flag the prose of a stage's section names in `code`;
+  * every whole diagram line the prose of a stage's section quotes in `code`
+    (a note, or a message `a->>b: ...`) is a line of a diagram in the stage's
+    README, which the stage's own tests compare with a fresh run;
   * every ```text block right after a ```sh block is output of that block's
     first command: each quoted line is a whole line of a fresh run, where
     `[role X]` (X one capital letter), PID, INODE and PORT stand for numbers
@@ -26,7 +29,7 @@ from functools import lru_cache
 
 import pytest
 
-from conftest import ROOT, WAIT, binary, run
+from conftest import ROOT, WAIT, binary, readme_diagrams, run
 from test_readmes import fenced_blocks
 
 PAGE = ROOT / "WALKTHROUGH.md"
@@ -194,6 +197,24 @@ def test_flags_in_the_prose_exist(stage):
         if any(w.startswith("--") for w in words):
             bad += unknown_words(words, helps)
     assert not bad, f"{stage} (line {line}): flags no program of the section knows: {bad}"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_quoted_diagram_lines_are_the_readmes(stage):
+    found = sections(page())
+    if stage not in found:
+        pytest.fail(f"no section for {stage}")
+    line, lines = found[stage]
+    prose = re.sub(r"^```.*?^```", "", "\n".join(lines), flags=re.S | re.M)
+    quoted = [
+        span
+        for span in re.findall(r"`([^`\n]+)`", prose)
+        if re.match(r"^(Note over \w+|\w+->>\w+): ", span)
+    ]
+    assert quoted, f"{stage}: the section points at no line of the diagram"
+    drawn = {l.strip() for d in readme_diagrams(stage) for l in d.split("\n")}
+    missing = [q for q in quoted if q not in drawn]
+    assert not missing, f"{stage} (line {line}): not in any diagram of {stage}/README.md: {missing}"
 
 
 def quoted_line_pattern(quoted):

@@ -173,13 +173,20 @@ def test_command_names_what_exists(start, words):
         assert head in TOOLS, f"line {start}: {head!r} is not a program of this repository"
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_flags_in_the_prose_exist(stage):
+def section(stage):
+    """(first line, text, the `code` spans of its prose) of a stage's section."""
     found = sections(page())
     if stage not in found:
         pytest.fail(f"no section for {stage}")
     line, lines = found[stage]
     body = "\n".join(lines)
+    prose = re.sub(r"^```.*?^```", "", body, flags=re.S | re.M)
+    return line, body, re.findall(r"`([^`\n]+)`", prose)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_flags_in_the_prose_exist(stage):
+    line, body, spans = section(stage)
     # the programs this section runs, whose --help must name every flag it mentions
     helps = ""
     for lang, _, blines in fenced_blocks(body):
@@ -190,9 +197,8 @@ def test_flags_in_the_prose_exist(stage):
                 helps += help_of(stage_binary(words[0]))
             elif words[0].startswith("python"):
                 helps += help_of("py:" + words[1])
-    prose = re.sub(r"^```.*?^```", "", body, flags=re.S | re.M)
     bad = []
-    for span in re.findall(r"`([^`\n]+)`", prose):
+    for span in spans:
         words = span.split()
         if any(w.startswith("--") for w in words):
             bad += unknown_words(words, helps)
@@ -201,16 +207,8 @@ def test_flags_in_the_prose_exist(stage):
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_quoted_diagram_lines_are_the_readmes(stage):
-    found = sections(page())
-    if stage not in found:
-        pytest.fail(f"no section for {stage}")
-    line, lines = found[stage]
-    prose = re.sub(r"^```.*?^```", "", "\n".join(lines), flags=re.S | re.M)
-    quoted = [
-        span
-        for span in re.findall(r"`([^`\n]+)`", prose)
-        if re.match(r"^(Note over \w+|\w+->>\w+): ", span)
-    ]
+    line, _, spans = section(stage)
+    quoted = [span for span in spans if re.match(r"^(Note over \w+|\w+->>\w+): ", span)]
     assert quoted, f"{stage}: the section points at no line of the diagram"
     drawn = {l.strip() for d in readme_diagrams(stage) for l in d.split("\n")}
     missing = [q for q in quoted if q not in drawn]

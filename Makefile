@@ -68,6 +68,7 @@ need-test:
 PYTEST_ARGS ?=
 test: all need-test
 	@py=$$($(NEED) python) && SAN=$(SAN) $$py -m pytest -q $(PYTEST_ARGS) tests
+	@$(MAKE) --no-print-directory SAN=$(SAN) ktls-if-possible
 
 # Every sanitizer report goes to build-asan/san.*; any such file fails the run
 # (a report in a child that the tests did not look at must not pass unseen).
@@ -94,4 +95,4 @@ lesson-%:
 	@py=$$(command -v python3 || echo /usr/bin/python3); $$py common/lesson.py $(wildcard $*-*)
 
 clean:
-	rm -rf build-asan build-fuzz $(PROGS) tests/__pycache__ .pytest_cache
+	rm -rf build-asan build-fuzz build-ktls $(PROGS) tests/__pycache__ .pytest_cache

@@ -202,12 +202,17 @@ static int demo_mode(struct nar *n, struct opts *o, SSL_CTX *ctx, X509 *cert, in
 	return lesson;
 }
 
-/* --ktls auto on a kernel without the tls ULP: said once, at start. */
+/* --ktls auto: whether handed-off sessions go to the kernel, and why; said
+ * once, at start (o->ulps says what the probe in ktls.c found). */
 void say_ktls(const struct nar *n, const struct opts *o)
 {
-	if (o->ktls == KTLS_AUTO && !o->ktls_ok && (o->mode == MODE_AFTER || o->mode < 0))
-		say(n, "kernel TLS: not available here (tcp_available_ulp: \"%s\"); handed-off "
-		       "sessions run on the worker's own record layer", o->ulps);
+	if (o->ktls != KTLS_AUTO || !(o->mode == MODE_AFTER || o->mode < 0))
+		return;
+	if (o->ktls_ok)
+		say(n, "kernel TLS: available here (%s); handed-off sessions run in the kernel", o->ulps);
+	else
+		say(n, "kernel TLS: not available here (%s); handed-off sessions run on the worker's "
+		       "own record layer", o->ulps);
 }
 
 int demo(struct nar *n, struct opts *o, SSL_CTX *ctx, X509 *cert, int mode)

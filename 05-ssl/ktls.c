@@ -1,44 +1,59 @@
 /*
- * ktls.c - kTLS install for ktls.h. See the warning there: untested here.
+ * ktls.c - kernel TLS for ktls.h: the availability probe, the install of a
+ * TLS 1.3 session's two directions, and records that are not data.
+ *
+ * See also: Documentation/networking/tls.rst, <linux/tls.h>, cmsg(3).
  */
 #define _GNU_SOURCE
 #include "ktls.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <linux/tls.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
 
+#include "../common/util.h"
+
 #ifndef SOL_TLS
 #define SOL_TLS 282
 #endif
 
-int ktls_available(char *ulps, size_t cap)
+/* ---- is it there? ------------------------------------------------------- */
+
+int ktls_available(char *why, size_t cap)
 {
-	int fd = open("/proc/sys/net/ipv4/tcp_available_ulp", O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	int port, lfd = listen_loopback(0, &port);
+	if (lfd < 0)
 		return -1;
-	ssize_t r = read(fd, ulps, cap - 1);
-	int saved = errno;
-	close(fd);
-	if (r < 0) {
+	int fd = connect_loopback(port);
+	if (fd < 0) {
+		int saved = errno;
+		close(lfd);
 		errno = saved;
 		return -1;
 	}
-	ulps[r] = '\0';
-	ulps[strcspn(ulps, "\n")] = '\0';
-	/* a space-separated list of names: look for the word "tls" */
-	for (char *p = ulps; (p = strstr(p, "tls")) != NULL; p += 3)
-		if ((p == ulps || p[-1] == ' ') && (p[3] == '\0' || p[3] == ' '))
-			return 1;
+	/* The ULP attaches only to an established connection (ENOTCONN
+	 * otherwise); the connect above completed on loopback, accept or not. */
+	int rc = setsockopt(fd, IPPROTO_TCP, TCP_ULP, "tls", sizeof "tls");
+	int saved = errno;
+	close(fd);
+	close(lfd);
+	if (rc == 0) {
+		snprintf(why, cap, "setsockopt TCP_ULP \"tls\" on a TCP connection succeeded");
+		return 1;
+	}
+	snprintf(why, cap, "setsockopt TCP_ULP \"tls\": %s (%s)%s", strerrorname_np(saved),
+		 strerror(saved), saved == ENOENT ? ": no kTLS in this kernel" : "");
 	return 0;
 }
+
+/* ---- the install -------------------------------------------------------- */
 
 /* One direction's crypto_info. The union is big enough for every suite. */
 union crypto_info {
@@ -88,18 +103,103 @@ static int fill(union crypto_info *ci, const struct rec_dir *d, socklen_t *len)
 	return -1;
 }
 
-int ktls_install(int fd, const struct rec_dir *rd, const struct rec_dir *wr)
+/* Installs one direction (TLS_TX or TLS_RX); the key copy is wiped. */
+static int install_dir(int fd, int optname, const struct rec_dir *d)
 {
 	union crypto_info ci;
 	socklen_t len;
-	if (setsockopt(fd, IPPROTO_TCP, TCP_ULP, "tls", sizeof "tls") < 0)
-		return -1;
-	int rc = -1;
-	if (fill(&ci, wr, &len) == 0 && setsockopt(fd, SOL_TLS, TLS_TX, &ci, len) == 0 &&
-	    fill(&ci, rd, &len) == 0 && setsockopt(fd, SOL_TLS, TLS_RX, &ci, len) == 0)
-		rc = 0;
+	int rc = fill(&ci, d, &len) == 0 ? setsockopt(fd, SOL_TLS, optname, &ci, len) : -1;
 	int saved = errno;
 	OPENSSL_cleanse(&ci, sizeof ci);
 	errno = saved;
 	return rc;
+}
+
+int ktls_install(int fd, const struct rec_dir *rd, const struct rec_dir *wr, unsigned flags)
+{
+	if (setsockopt(fd, IPPROTO_TCP, TCP_ULP, "tls", sizeof "tls") < 0)
+		return KTLS_NO_ULP;
+	/* From here on the socket is the kernel's TLS socket, and a failure
+	 * leaves it half-done: with TLS_TX in, everything written is sealed by
+	 * the kernel, so records sealed in user space would be sealed twice,
+	 * the second time under a key and nonce the kernel also uses. There is
+	 * no way back (the ULP cannot be detached): the caller must close. */
+	if (install_dir(fd, TLS_TX, wr) < 0)
+		return KTLS_BROKEN;
+	if (flags & KTLS_TEST_REFUSE_RX) {
+		errno = ENOPROTOOPT;
+		return KTLS_BROKEN;
+	}
+	if (install_dir(fd, TLS_RX, rd) < 0)
+		return KTLS_BROKEN;
+	return KTLS_OK;
+}
+
+/* ---- records that are not data ------------------------------------------ */
+
+ssize_t ktls_recv(int fd, void *buf, size_t cap, int *type, int timeout_ms)
+{
+	int w = wait_readable(fd, timeout_ms);
+	if (w <= 0) {
+		if (w == 0)
+			errno = ETIMEDOUT;
+		return -1;
+	}
+	/* The kernel passes a record that is not application data up only to a
+	 * caller that offers room for its type; without it recvmsg fails (EIO). */
+	union {
+		char buf[CMSG_SPACE(sizeof(unsigned char))];
+		struct cmsghdr align;
+	} ctl;
+	struct iovec iov = { .iov_base = buf, .iov_len = cap };
+	struct msghdr msg = { 0 };
+	msg.msg_iov = &iov;
+	msg.msg_iovlen = 1;
+	msg.msg_control = ctl.buf;
+	msg.msg_controllen = sizeof ctl.buf;
+	ssize_t r;
+	do
+		r = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+	while (r < 0 && errno == EINTR);
+	if (r < 0)
+		return -1;
+	if (msg.msg_flags & MSG_CTRUNC) { /* cannot happen with room for the type */
+		errno = EIO;
+		return -1;
+	}
+	*type = CT_APPLICATION_DATA;
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
+		if (c->cmsg_level == SOL_TLS && c->cmsg_type == TLS_GET_RECORD_TYPE) {
+			unsigned char t;
+			memcpy(&t, CMSG_DATA(c), sizeof t);
+			*type = t;
+		}
+	return r;
+}
+
+int ktls_send_alert(int fd, int level, int description)
+{
+	unsigned char body[2] = { (unsigned char)level, (unsigned char)description };
+	unsigned char type = CT_ALERT;
+	union {
+		char buf[CMSG_SPACE(sizeof type)];
+		struct cmsghdr align;
+	} ctl;
+	memset(&ctl, 0, sizeof ctl);
+	struct iovec iov = { .iov_base = body, .iov_len = sizeof body };
+	struct msghdr msg = { 0 };
+	msg.msg_iov = &iov;
+	msg.msg_iovlen = 1;
+	msg.msg_control = ctl.buf;
+	msg.msg_controllen = sizeof ctl.buf;
+	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+	c->cmsg_level = SOL_TLS;
+	c->cmsg_type = TLS_SET_RECORD_TYPE;
+	c->cmsg_len = CMSG_LEN(sizeof type);
+	memcpy(CMSG_DATA(c), &type, sizeof type);
+	ssize_t r;
+	do
+		r = sendmsg(fd, &msg, MSG_NOSIGNAL);
+	while (r < 0 && errno == EINTR);
+	return r == (ssize_t)sizeof body ? 0 : -1;
 }

@@ -6,25 +6,64 @@
  * AES-GCM), and the record sequence number - and then encrypts on write(2)
  * and decrypts on read(2). After that the descriptor can be passed to any
  * process like a plain socket: the session lives in the kernel, not in the
- * process. UNTESTED on the machines this project was built on: their kernel
- * has no "tls" module (/proc/sys/net/ipv4/tcp_available_ulp lists only mptcp).
+ * process. What it leaves to user space: every record that is not
+ * application data (alerts, KeyUpdate, tickets) arrives as a control message
+ * (ktls_recv), and a KeyUpdate stops the kernel's reception until user
+ * space installs the next key - which Linux before 6.14 cannot take at all.
  *
+ * Run it: `make test-ktls` boots a kernel that has kTLS under qemu and runs
+ * tests/test_ktls.py there (05-ssl/README.md, "Kernel TLS").
  * See also: Documentation/networking/tls.rst in the kernel tree, tcp(7)
- * (TCP_ULP), <linux/tls.h>.
+ * (TCP_ULP), <linux/tls.h>, net/ipv4/tcp_ulp.c (__tcp_ulp_find_autoload).
  */
 #ifndef KTLS_H
 #define KTLS_H
 
 #include <stddef.h>
+#include <sys/types.h>
 
 #include "record.h"
 
-/* 1 if the kernel offers the "tls" ULP, 0 if not; `ulps` gets the list the
- * kernel offers (for the message that says why not). -1/errno. */
-int ktls_available(char *ulps, size_t cap);
+/*
+ * 1 if this kernel takes TCP_ULP "tls", 0 if not, -1/errno if it could not
+ * be tried. It is tried for real, on a loopback TCP connection made for the
+ * purpose (and closed): /proc/sys/net/ipv4/tcp_available_ulp lists only the
+ * modules already loaded, while the setsockopt loads "tls" on demand when
+ * the caller has CAP_NET_ADMIN. `why` gets one line saying what happened.
+ */
+int ktls_available(char *why, size_t cap);
 
-/* Installs TCP_ULP "tls", then TLS_TX from wr and TLS_RX from rd. -1/errno:
- * ENOENT when the kernel has no tls module, EINVAL for an unknown suite. */
-int ktls_install(int fd, const struct rec_dir *rd, const struct rec_dir *wr);
+/* What ktls_install did to the socket. */
+enum ktls_status {
+	KTLS_OK = 0,     /* both directions are in the kernel */
+	KTLS_NO_ULP = 1, /* TCP_ULP refused: the socket is untouched, user space may go on */
+	KTLS_BROKEN = 2, /* the ULP is attached but a direction failed: close the socket,
+			  * never write records of one's own on it */
+};
+
+/* Test-only: refuse TLS_RX after TLS_TX is in (as a kernel without the
+ * suite's receive side would), to show that the caller fails closed. */
+enum { KTLS_TEST_REFUSE_RX = 1 };
+
+/*
+ * Attaches TCP_ULP "tls" to the connected socket fd, then TLS_TX from wr and
+ * TLS_RX from rd. Returns a ktls_status; errno says why for the other two
+ * (ENOENT for NO_ULP: no tls module). fd stays the caller's either way.
+ */
+int ktls_install(int fd, const struct rec_dir *rd, const struct rec_dir *wr, unsigned flags);
+
+/*
+ * One recvmsg(2) on a kTLS socket: bytes of one record type, which goes to
+ * *type (CT_APPLICATION_DATA, or CT_ALERT or CT_HANDSHAKE of record.h: a
+ * record that the kernel hands up whole with a TLS_GET_RECORD_TYPE control message). >0 bytes, 0 at
+ * end of file, -1/errno (EBADMSG: a record failed authentication; EIO: a
+ * control record did not fit the control buffer). Waits at most timeout_ms
+ * (ETIMEDOUT).
+ */
+ssize_t ktls_recv(int fd, void *buf, size_t cap, int *type, int timeout_ms);
+
+/* Sends one alert record (level 1 warning or 2 fatal, and description) on a
+ * kTLS socket, through a TLS_SET_RECORD_TYPE control message. -1/errno. */
+int ktls_send_alert(int fd, int level, int description);
 
 #endif

@@ -121,8 +121,7 @@ int main(int argc, char **argv)
 	char ulps[256] = "";
 	int avail = ktls_available(ulps, sizeof ulps);
 	if (o.ktls == KTLS_FORCE && avail != 1) {
-		fprintf(stderr, "%s: --ktls force: this kernel offers no TLS upper layer protocol "
-				"(tcp_available_ulp: \"%s\"; try modprobe tls)\n",
+		fprintf(stderr, "%s: --ktls force: no kernel TLS here (%s)\n",
 			program_invocation_short_name, avail < 0 ? strerror(errno) : ulps);
 		return EXIT_RUNTIME;
 	}

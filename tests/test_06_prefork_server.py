@@ -93,11 +93,18 @@ def counters_until(s, cond):
 
 
 def http_get(port, path="/", close=True, timeout=WAIT):
-    """One request on a new connection; returns (status, body, head) or raises."""
+    """One request on a new connection; returns (status, body, head) or raises.
+    With Connection: close the server promised to close: the response must be
+    followed by end-of-file (a process that kept a copy of the connection -
+    a worker that inherited it, a dispatcher that never closed its copy -
+    would hold it open, and the client would wait for nothing)."""
     extra = "Connection: close\r\n" if close else ""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as c:
         c.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n".encode())
-        return read_response(c)
+        got = read_response(c)
+        if close:
+            assert until_eof(c) == b"", "bytes after a Connection: close response"
+        return got
 
 
 def read_response(c):

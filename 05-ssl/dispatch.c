@@ -46,7 +46,7 @@
 #define MAX_CONNS 64           /* connections in the parent's hands at once */
 #define KEPT_MS (WAIT_MS * 3)  /* the whole life of a connection the parent keeps */
 
-/* ---- one connection --------------------------------------------------- */
+/* ---- one connection ----------------------------------------------------- */
 
 /* Options every accepted connection gets, before anything is read. */
 static void setup_conn(int conn)
@@ -121,7 +121,7 @@ void parent_handle(struct nar *n, const struct opts *o, SSL_CTX *ctx, struct poo
 	pconn_free(pc);
 }
 
-/* ---- the --serve loop ------------------------------------------------- */
+/* ---- the --serve loop --------------------------------------------------- */
 
 enum { FREE, PEEKING, HANDSHAKING, KEPT };
 

@@ -142,7 +142,7 @@ enum { STEP_WAIT, STEP_DONE, STEP_SERVE };
 int parent_step(const struct nar *n, const struct opts *o, struct pool *p, struct pconn *pc);
 void hand_off_before(const struct nar *n, struct pool *p, int w, int conn);
 
-/* ---- dispatch.c: the parent's connections ----------------------------------- */
+/* ---- dispatch.c: the parent's connections ------------------------------- */
 
 void pconn_free(struct pconn *pc);
 void parent_handle(struct nar *n, const struct opts *o, SSL_CTX *ctx, struct pool *p, int conn);

@@ -69,6 +69,19 @@ MEASURE07 = ROOT / "07-hot-restart" / "measure.py"
 NCPU = os.cpu_count() or 1
 WAIT = 15  # seconds: the bound on any server's start or stop
 commands = []  # every command line run, for RESULTS.md
+
+
+def wrap_command(cmd, width):
+    """A command as lines of at most `width` columns, continued with ' \\'."""
+    lines, cur = [], ""
+    for word in cmd.split(" "):
+        if cur and len(cur) + 1 + len(word) > width - 2:
+            lines.append(cur + " \\")
+            cur = "    " + word
+        else:
+            cur = f"{cur} {word}" if cur else word
+    lines.append(cur)
+    return lines
 live = []  # every server process this run started and has not yet reaped
 
 
@@ -735,8 +748,10 @@ def main():
     for k, xs in fd_runs.items():
         L.append(f"fd passing {k:>7}: " + "  ".join(f"{x:,.0f}" for x in xs))
     for m, t in tls_runs.items():
-        L.append(f"TLS {m:>16}: conn/s " + "  ".join(f"{x:,.0f}" for x in t["cps"]) + "; MiB/s "
-                 + "  ".join(f"{x:,.0f}" for x in t["mibs"]) + "; CPU s/GiB " + "  ".join(f"{x:.2f}" for x in t["cpu"]))
+        L.append(f"TLS {m}:")
+        L.append("    conn/s     " + "  ".join(f"{x:,.0f}" for x in t["cps"]))
+        L.append("    MiB/s      " + "  ".join(f"{x:,.0f}" for x in t["mibs"]))
+        L.append("    CPU s/GiB  " + "  ".join(f"{x:.2f}" for x in t["cpu"]))
     for (m, c), xs in mruns.items():
         L.append(f"{m} {'close' if c else 'keep-alive'}:")
         for x in xs:
@@ -750,7 +765,10 @@ def main():
         c = re.sub(r"/tmp/bench-nginx-[^/ ]+", "DIR", c)
         if c not in seen:
             seen.append(c)
-    L.extend(seen)
+    for c in seen:
+        # A page shows about 100 columns of a code block: wrap long commands
+        # the way a shell reads them, with a backslash at each break.
+        L.extend(wrap_command(c, 100))
     L.append("```")
     L.append(f"\nTotal time: {time.monotonic() - started:.0f} s.")
     text = "\n".join(L) + "\n"

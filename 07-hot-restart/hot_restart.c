@@ -9,7 +9,7 @@
  *            ./hot_restart --serve --strategy handoff --pid-file /tmp/hr.pid
  *            kill -HUP $(cat /tmp/hr.pid)     ->  the next generation takes over
  *            curl http://127.0.0.1:PORT/      ->  served by generation 2 pid P
- *            python3 measure.py --markdown    10 upgrades per strategy, under load
+ *            python3 07-hot-restart/measure.py --markdown   10 upgrades per strategy
  * Break it:  --fail-upgrade exec|crash   the next generation never becomes ready;
  *            the old one notices, keeps serving, and loses nothing
  *            --strategy stop-start|reuseport|reuseport-migrate   the naive ways
@@ -28,10 +28,11 @@
  *      travels with it), finishes the busy ones and hands them over too,
  *      then says DONE and exits (old_stops_accepting, hand_over_conns).
  *
- * Article: the article passes connections from a dispatcher to workers; here
- * the same sendmsg(2) passes a listener and connections from one version of
- * the program to the next (nginx's binary upgrade, HAProxy's -x, Envoy's
- * hot restart, Facebook's Socket Takeover) - see README.md.
+ * Article: Q2's three steps (sendmsg with SCM_RIGHTS, recvmsg, close the
+ * sender's copy), used beyond the article's product: not from a dispatcher
+ * to a worker, but from one version of the program to the next, as nginx's
+ * binary upgrade, HAProxy's -x, Envoy's hot restart and Facebook's Socket
+ * Takeover do (README.md, "Why").
  * See also: unix(7) (SCM_RIGHTS, SO_PEERCRED), sendmsg(2), recvmsg(2),
  * socket(7), listen(2), ../03-scm-rights/fdpass.h.
  */
@@ -100,7 +101,7 @@ int hand_over_listener(struct gen *g)
 
 /* New side: connect to the old generation's abstract socket, check it, get
  * the listener (g->lfd, ours from now on) or bind one, and say READY. */
-/* lesson: take_over */
+/* lesson: take_over_listener */
 int take_over(struct gen *g)
 {
 	char msg[MSG_MAX];
@@ -212,8 +213,10 @@ int hand_over_conns(struct gen *g, const size_t *slots, size_t count)
 		return -1;
 	/* Until the ACK we still hold every one of them: if the new one dies
 	 * now, nothing is lost but what it had already taken. */
-	if (recv_msg(g->chan, ack, sizeof ack, WAIT_MS) < 0 || strncmp(ack, "ACK", 3) != 0) {
-		errno = errno ? errno : EPROTO;
+	if (recv_msg(g->chan, ack, sizeof ack, WAIT_MS) < 0)
+		return -1;
+	if (strncmp(ack, "ACK ", 4) != 0) {
+		errno = EPROTO;
 		return -1;
 	}
 	char next[16];
@@ -240,11 +243,11 @@ int receive_from_old(struct gen *g)
 	struct fdpass_rx rx = { .buf = msg, .cap = sizeof msg - 1, .fds = fds,
 				.max_fds = FDPASS_MAX_FDS };
 	int st = fdpass_recv(g->chan, &rx);
+	msg[st == FDPASS_OK ? rx.len : 0] = '\0';
 	if (st == FDPASS_OK && rx.nfds > 0) {
-		msg[rx.len] = '\0';
 		/* Every descriptor gets a slot, or is closed by conn_add(): none
 		 * is left unaccounted for, whatever the payload says. */
-		char *p = msg + strlen("CONN ");
+		char *p = msg + (strncmp(msg, "CONN ", 5) == 0 ? 5 : rx.len);
 		strtol(p, &p, 10);
 		for (size_t i = 0; i < rx.nfds; i++) {
 			int id = (int)strtol(p, &p, 10);
@@ -253,11 +256,13 @@ int receive_from_old(struct gen *g)
 		}
 		return send_msg(g->chan, "ACK %zu", rx.nfds);
 	}
-	/* DONE, or EOF: the old generation has nothing more for us. */
+	/* DONE, or EOF, or nonsense (whose fds fdpass_recv closed): either
+	 * way the old generation has nothing more for us. */
 	close(g->chan);
 	g->chan = -1;
 	g->up = UP_NONE;
-	say(&g->n, "the old generation is done: I am the only one serving");
-	return st == FDPASS_OK || st == FDPASS_EOF ? 0 : -1;
+	say(&g->n, "the old generation is done (%s): I am the only one serving",
+	    st == FDPASS_OK ? msg : fdpass_strerror(st));
+	return 0;
 }
 /* end lesson */

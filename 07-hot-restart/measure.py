@@ -206,7 +206,8 @@ def upgrade(pid_file):
     old = int(pid_file.read_text())
     os.kill(old, signal.SIGHUP)
     deadline = time.monotonic() + BOUND
-    while int(pid_file.read_text() or old) == old:
+    # rename(2): the file always holds a whole pid, the old one or the new
+    while int(pid_file.read_text()) == old:
         if time.monotonic() > deadline:
             raise RuntimeError("the next generation did not become ready")
         time.sleep(0.002)

@@ -45,7 +45,8 @@ socklen_t upgrade_addr(struct sockaddr_un *sa, pid_t old_pid)
 	/* An abstract name (a leading NUL): no file to create, none left
 	 * behind by a crash, and it goes away with the socket. */
 	*sa = (struct sockaddr_un){ .sun_family = AF_UNIX };
-	int len = snprintf(sa->sun_path + 1, sizeof sa->sun_path - 1, "hot-restart.%d", (int)old_pid);
+	int len = snprintf(sa->sun_path + 1, sizeof sa->sun_path - 1, "hot-restart.%d",
+			   (int)old_pid);
 	return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)len);
 }
 
@@ -138,6 +139,7 @@ int recv_msg(int chan, char *buf, size_t cap, int timeout_ms)
 }
 
 static int upgrade_failed(struct gen *g, const char *why);
+static void describe_end(int st, char *out, size_t cap);
 
 /* ---- connections -------------------------------------------------------- */
 
@@ -171,14 +173,16 @@ void conn_close(struct gen *g, size_t slot)
 static int respond(const struct gen *g, int fd, int status, int close_it)
 {
 	char body[64], out[256];
-	int blen = status == 200
-			   ? snprintf(body, sizeof body, "served by generation %d pid %d", g->generation,
-				      (int)getpid())
-			   : snprintf(body, sizeof body, "error %d", status);
+	const char *reason = status == 200   ? "OK"
+			     : status == 408 ? "Request Timeout"
+					     : "Bad Request";
+	int blen = status == 200 ? snprintf(body, sizeof body, "served by generation %d pid %d",
+					    g->generation, (int)getpid())
+				 : snprintf(body, sizeof body, "error %d", status);
 	int len = snprintf(out, sizeof out,
-			   "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n%s\r\n%s",
-			   status, status == 200 ? "OK" : status == 408 ? "Request Timeout" : "Bad Request",
-			   blen, close_it ? "Connection: close\r\n" : "", body);
+			   "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\n"
+			   "Content-Length: %d\r\n%s\r\n%s",
+			   status, reason, blen, close_it ? "Connection: close\r\n" : "", body);
 	/* A few hundred bytes always fit an empty socket buffer; if not, the
 	 * client is not reading and we give up on it. */
 	return send(fd, out, (size_t)len, MSG_NOSIGNAL | MSG_DONTWAIT) == len ? 0 : -1;
@@ -203,8 +207,8 @@ static void serve_conn(struct gen *g, size_t slot)
 		int p = http_parse(c->buf, c->len, &used, &ka, &target, &tlen);
 		if (p == HTTP_MORE) {
 			if (c->len > 0 && g->verbose) {
-				say(&g->n, "read %zu bytes of a request on fd %d: not complete, kept in my buffer",
-				    c->len, c->fd);
+				say(&g->n, "read %zu bytes of a request on fd %d: "
+					   "not complete, kept in my buffer", c->len, c->fd);
 				notify(g, "partial %d", g->generation);
 			}
 			return;
@@ -221,8 +225,8 @@ static void serve_conn(struct gen *g, size_t slot)
 		int close_it = !ka || (g->up == UP_DRAINING && g->strategy != ST_HANDOFF);
 		/* Told before the answer leaves: the client acts only after it. */
 		if (g->verbose) {
-			say(&g->n, "GET %.*s on fd %d: served by generation %d", (int)tlen, target, c->fd,
-			    g->generation);
+			say(&g->n, "GET %.*s on fd %d: served by generation %d", (int)tlen, target,
+			    c->fd, g->generation);
 			ev(&g->n, "served", "client", "conn=%c", c->id ? c->id : '?');
 		}
 		int ok = respond(g, c->fd, 200, close_it) == 0;
@@ -337,9 +341,19 @@ static int upgrade_failed(struct gen *g, const char *why)
 	if (g->up_listen >= 0)
 		close(g->up_listen);
 	g->chan = g->up_listen = -1;
+	char end[64] = "";
 	if (g->child > 0) {
-		kill(g->child, SIGKILL);
-		reap_child(g->child, WAIT_MS, NULL);
+		/* A channel that closed means it is on its way out: let it finish
+		 * dying (bounded) so we can say how; then make sure it is gone. */
+		int st;
+		if (wait_child(g->child, ABSENT_MS, &st) == 0) {
+			end[0] = ';';
+			end[1] = ' ';
+			describe_end(st, end + 2, sizeof end - 2);
+		} else {
+			kill(g->child, SIGKILL);
+			reap_child(g->child, WAIT_MS, NULL);
+		}
 		g->child = 0;
 	}
 	if (g->lfd < 0 && (g->lfd = bind_listener(g->strategy, g->port, NULL)) < 0)
@@ -349,8 +363,8 @@ static int upgrade_failed(struct gen *g, const char *why)
 	/* It may have named itself in the pid file already: we are the master. */
 	if (write_pid_file(g) < 0)
 		return -1;
-	say(&g->n, "generation %d failed (%s): generation %d keeps serving", g->generation + 1, why,
-	    g->generation);
+	say(&g->n, "generation %d failed (%s%s): generation %d keeps serving", g->generation + 1,
+	    why, end, g->generation);
 	ev(&g->n, "upgrade_failed", NULL, NULL);
 	notify(g, "failed %d", g->generation + 1);
 	return 0;
@@ -369,6 +383,15 @@ static int old_finishes(struct gen *g)
 	return 0;
 }
 
+/* "exit status 127", "killed by ABRT": how a child ended, as waitpid said. */
+static void describe_end(int st, char *out, size_t cap)
+{
+	if (WIFSIGNALED(st))
+		snprintf(out, cap, "killed by %s", sigabbrev_np(WTERMSIG(st)));
+	else
+		snprintf(out, cap, "exit status %d", WEXITSTATUS(st));
+}
+
 /* SIGCHLD: was it the next generation, before it finished taking over? */
 static int child_exited(struct gen *g)
 {
@@ -379,10 +402,7 @@ static int child_exited(struct gen *g)
 			continue;
 		g->child = 0;
 		char why[64];
-		if (WIFSIGNALED(st))
-			snprintf(why, sizeof why, "killed by %s", sigabbrev_np(WTERMSIG(st)));
-		else
-			snprintf(why, sizeof why, "exit status %d", WEXITSTATUS(st));
+		describe_end(st, why, sizeof why);
 		if (g->up != UP_NONE && upgrade_failed(g, why) < 0)
 			return -1;
 	}
@@ -409,6 +429,8 @@ static int on_channel(struct gen *g)
 	if (g->up == UP_TAKING)
 		return receive_from_old(g);
 	char msg[MSG_MAX];
+	if (g->up == UP_DRAINING) /* it has nothing to say now: it went away */
+		return upgrade_failed(g, "the upgrade channel closed while we drained");
 	if (recv_msg(g->chan, msg, sizeof msg, 0) < 0 || strcmp(msg, "READY") != 0)
 		return upgrade_failed(g, "the upgrade channel closed before READY");
 	if (g->up != UP_READY)
@@ -429,8 +451,8 @@ static int on_upgrade_connect(struct gen *g)
 	if (c < 0)
 		return errno == EAGAIN || errno == EINTR ? 0 : -1;
 	if (check_upgrade_peer(c, g->child) < 0) {
-		say(&g->n, "refused an upgrade peer that is not generation %d: %s", g->generation + 1,
-		    strerrorname_np(errno));
+		say(&g->n, "refused an upgrade peer that is not generation %d: %s",
+		    g->generation + 1, strerrorname_np(errno));
 		close(c);
 		return 0;
 	}

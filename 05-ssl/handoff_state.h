@@ -34,7 +34,14 @@
 
 #include "record.h"
 
-#define HS_MAX_PENDING (2 * REC_MAX_PLAIN)
+/* Every length in the message is bounded by the buffer it lands in: a
+ * secret by REC_MAX_SECRET (struct hs_dir), the pending plaintext by
+ * HS_MAX_PENDING, which is also the size of the buffer a worker copies it
+ * into (stage 05's line buffer, LINE_CAP == REC_MAX_PLAIN), so a worker
+ * whose buffer holds HS_MAX_PENDING bytes can take any message hs_decode
+ * accepts. It is one record's worth: the parent stops reading from
+ * OpenSSL there (and refuses the handoff if OpenSSL still has more). */
+#define HS_MAX_PENDING REC_MAX_PLAIN
 #define HS_MAX_ENCODED (7 + 2 * (1 + REC_MAX_SECRET + 8) + 2 + HS_MAX_PENDING)
 
 struct hs_dir {

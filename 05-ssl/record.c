@@ -11,9 +11,13 @@
 
 #include <errno.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 #include <openssl/kdf.h>
+
+/* ---- suites and the key schedule ---------------------------------------- */
 
 const char *rec_suite_name(uint16_t suite)
 {
@@ -133,6 +137,42 @@ static int derive(struct rec_dir *d)
 	return 0;
 }
 
+/* ---- the keys' own page ------------------------------------------------- */
+
+/* Where secret, key and iv sit in a direction's page; `next` is where a
+ * KeyUpdate derives the next secret, so no copy of it is ever on the stack. */
+enum { PAGE_SECRET = 0, PAGE_NEXT = 64, PAGE_KEY = 128, PAGE_IV = 192, PAGE_USED = 256 };
+
+static size_t page_size(void)
+{
+	long n = sysconf(_SC_PAGESIZE);
+	return n >= PAGE_USED ? (size_t)n : 4096;
+}
+
+/* Maps a page for d's secrets and asks the kernel to leave it out of core
+ * dumps. A mapping of its own, not malloc: madvise works on whole pages, and
+ * a heap page would also hold whatever else malloc put next to the keys. */
+static int map_keys(struct rec_dir *d)
+{
+	uint8_t *p = mmap(NULL, page_size(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED) {
+		errno = ENOMEM;
+		return -1;
+	}
+	if (madvise(p, page_size(), MADV_DONTDUMP) < 0) {
+		int saved = errno;
+		munmap(p, page_size());
+		errno = saved;
+		return -1;
+	}
+	d->secret = p + PAGE_SECRET;
+	d->key = p + PAGE_KEY;
+	d->iv = p + PAGE_IV;
+	return 0;
+}
+
+/* ---- one direction's life ----------------------------------------------- */
+
 int rec_init(struct rec_dir *d, uint16_t suite, const uint8_t *secret, size_t secret_len,
 	     uint64_t seq, int encrypt)
 {
@@ -141,6 +181,8 @@ int rec_init(struct rec_dir *d, uint16_t suite, const uint8_t *secret, size_t se
 		errno = EINVAL;
 		return -1;
 	}
+	if (map_keys(d) < 0)
+		return -1;
 	d->secret_len = secret_len;
 	memcpy(d->secret, secret, secret_len);
 	if (derive(d) < 0) {
@@ -154,12 +196,19 @@ int rec_init(struct rec_dir *d, uint16_t suite, const uint8_t *secret, size_t se
 
 int rec_update(struct rec_dir *d)
 {
-	uint8_t next[REC_MAX_SECRET];
-	if (rec_hkdf_expand_label(suite_md(d->suite), d->secret, d->secret_len, "traffic upd", NULL, 0,
-				  next, d->secret_len) < 0)
+	if (!d->secret) {
+		errno = EINVAL;
 		return -1;
-	memcpy(d->secret, next, d->secret_len);
-	OPENSSL_cleanse(next, sizeof next);
+	}
+	uint8_t *next = d->secret - PAGE_SECRET + PAGE_NEXT;
+	int rc = rec_hkdf_expand_label(suite_md(d->suite), d->secret, d->secret_len, "traffic upd",
+				       NULL, 0, next, d->secret_len);
+	if (rc == 0)
+		memcpy(d->secret, next, d->secret_len);
+	/* on failure too: a half-written next secret is still secret */
+	OPENSSL_cleanse(next, REC_MAX_SECRET);
+	if (rc < 0)
+		return -1;
 	d->seq = 0; /* a new key starts a new nonce sequence (5.3) */
 	d->updates++;
 	return derive(d);
@@ -167,12 +216,17 @@ int rec_update(struct rec_dir *d)
 
 void rec_free(struct rec_dir *d)
 {
-	OPENSSL_cleanse(d->secret, sizeof d->secret);
-	OPENSSL_cleanse(d->key, sizeof d->key);
-	OPENSSL_cleanse(d->iv, sizeof d->iv);
+	if (d->secret) {
+		uint8_t *page = d->secret - PAGE_SECRET;
+		OPENSSL_cleanse(page, PAGE_USED);
+		munmap(page, page_size());
+	}
+	d->secret = d->key = d->iv = NULL;
 	EVP_CIPHER_CTX_free(d->ctx); /* clears its key schedule too */
 	d->ctx = NULL;
 }
+
+/* ---- records ------------------------------------------------------------ */
 
 /* nonce = iv XOR seq, the sequence number big-endian in the last 8 bytes. */
 static void make_nonce(const struct rec_dir *d, uint8_t nonce[REC_IV])
@@ -202,7 +256,8 @@ int rec_seal(struct rec_dir *d, uint8_t type, const void *data, size_t len, size
 	hdr[2] = 0x03;
 	hdr[3] = (uint8_t)((inner + REC_TAG) >> 8);
 	hdr[4] = (uint8_t)(inner + REC_TAG);
-	memmove(body, data, len); /* may overlap when sealing in place */
+	if (len) /* data may be NULL for an empty record */
+		memmove(body, data, len); /* may overlap when sealing in place */
 	body[len] = type;
 	memset(body + len + 1, 0, pad);
 
@@ -233,7 +288,10 @@ int rec_check_header(const uint8_t hdr[REC_HEADER], size_t *body_len)
 	 * (5.1), but it is part of the AAD, so a changed one fails the tag. */
 	if (hdr[0] != CT_APPLICATION_DATA)
 		return ALERT_UNEXPECTED_MESSAGE;
-	if (len > REC_MAX_CIPHER)
+	/* The RFC's outer bound is 2^14 + 256 (5.2), but a TLSInnerPlaintext may
+	 * not exceed 2^14 + 1 bytes (5.4), and every suite here adds a 16-byte
+	 * tag: anything longer is an overflow we can see before reading it. */
+	if (len > REC_MAX_INNER + REC_TAG)
 		return ALERT_RECORD_OVERFLOW;
 	if (len < REC_TAG + 1)
 		return ALERT_DECODE_ERROR;

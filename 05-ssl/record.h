@@ -19,7 +19,14 @@
  * Nothing here does I/O, prints or exits. Functions return 0 on success;
  * rec_open() returns a TLS alert description on a bad record (the caller
  * sends that alert and closes); the others return -1 and set errno.
- * Secrets and keys are wiped with OPENSSL_cleanse by rec_free().
+ *
+ * Keys out of core dumps: a direction's secret, key and iv live in a page of
+ * their own, mapped by rec_init() and marked MADV_DONTDUMP (madvise(2)), so a
+ * crashing worker does not write them into a core file; rec_free() wipes it
+ * with OPENSSL_cleanse and unmaps it. Two copies are beyond this file: the
+ * AES/ChaCha key schedule inside the EVP_CIPHER_CTX is on OpenSSL's heap, and
+ * the plaintext is in the caller's buffers. A process that must never dump
+ * any of it sets RLIMIT_CORE to 0 as well (getrlimit(2), core(5)).
  *
  * See also: RFC 8446 sections 5 (record protocol), 6 (alerts), 7 (key
  * schedule); RFC 8448 section 3 (test vectors); EVP_EncryptInit(3),
@@ -60,7 +67,8 @@ enum { HS_KEY_UPDATE = 24, KU_NOT_REQUESTED = 0, KU_REQUESTED = 1 };
 #define REC_HEADER 5
 #define REC_TAG 16
 #define REC_MAX_PLAIN 16384                   /* 2^14: TLSInnerPlaintext content */
-#define REC_MAX_CIPHER (REC_MAX_PLAIN + 256)  /* 2^14 + 256: what may be on the wire */
+#define REC_MAX_CIPHER (REC_MAX_PLAIN + 256)  /* 2^14 + 256: the RFC's bound on the wire */
+#define REC_MAX_INNER (REC_MAX_PLAIN + 1)     /* TLSInnerPlaintext: content, type, padding */
 #define REC_MAX_SECRET 48                     /* SHA-384 */
 #define REC_IV 12
 
@@ -68,13 +76,15 @@ enum { HS_KEY_UPDATE = 24, KU_NOT_REQUESTED = 0, KU_REQUESTED = 1 };
  * 2^24.5 for AES-GCM; ChaCha20-Poly1305's limit is beyond 2^64. */
 #define REC_AES_GCM_LIMIT 23726566ULL
 
+/* secret, key and iv point into one page that rec_init() maps (see above);
+ * all three are NULL before rec_init() and after rec_free(). */
 struct rec_dir {
 	uint16_t suite;
 	size_t secret_len;              /* Hash.length: 32 or 48 */
-	uint8_t secret[REC_MAX_SECRET]; /* the current traffic secret */
+	uint8_t *secret;                /* [REC_MAX_SECRET]: the current traffic secret */
 	size_t key_len;                 /* 16 or 32 */
-	uint8_t key[32];
-	uint8_t iv[REC_IV];
+	uint8_t *key;                   /* [32] */
+	uint8_t *iv;                    /* [REC_IV] */
 	uint64_t seq;                   /* the next record's sequence number; it restarts at
 	                                   0 with every key, so it also counts the records
 	                                   the current key has protected (the AEAD limit) */
@@ -96,14 +106,19 @@ int rec_hkdf_expand_label(const EVP_MD *md, const uint8_t *secret, size_t secret
 			  const char *label, const uint8_t *context, size_t context_len,
 			  uint8_t *out, size_t out_len);
 
-/* Sets up one direction from its traffic secret and next sequence number.
- * encrypt: 1 for the direction we write. -1/errno (EINVAL: unknown suite,
- * wrong secret length, seq at the end of its range). */
+/* Sets up one direction from its traffic secret and next sequence number
+ * (the secret is copied into the direction's own page; the caller wipes its
+ * copy). encrypt: 1 for the direction we write. -1/errno (EINVAL: unknown
+ * suite, wrong secret length, seq at the end of its range; ENOMEM). d must
+ * not be set up already (rec_free it first: its page would be lost). */
 int rec_init(struct rec_dir *d, uint16_t suite, const uint8_t *secret, size_t secret_len,
 	     uint64_t seq, int encrypt);
-/* A KeyUpdate in this direction: next traffic secret, new key and iv, seq 0. */
+/* A KeyUpdate in this direction: next traffic secret, new key and iv, seq 0.
+ * The next secret is derived in the direction's page and wiped there on
+ * every path. -1/errno. */
 int rec_update(struct rec_dir *d);
-/* Wipes secret, key and iv, frees the cipher context. Safe to call twice. */
+/* Wipes secret, key and iv, unmaps their page, frees the cipher context.
+ * Safe to call twice, and on a direction rec_init() refused. */
 void rec_free(struct rec_dir *d);
 
 /* Protects one record: out gets header + ciphertext + tag, *out_len its size.
@@ -114,9 +129,11 @@ int rec_seal(struct rec_dir *d, uint8_t type, const void *data, size_t len, size
 	     uint8_t *out, size_t cap, size_t *out_len);
 
 /* Checks a record header before its body is read: 0 if a body of *body_len
- * bytes may follow, else the alert to send (unexpected_message for an outer
- * type other than application_data, record_overflow beyond 2^14+256,
- * decode_error for a body too short to hold a tag and a content type). */
+ * bytes may follow, else the alert to send: unexpected_message for an outer
+ * type other than application_data; record_overflow for a body that cannot
+ * hold a legal TLSInnerPlaintext (over 2^14 + 1 bytes of content, type and
+ * padding plus the 16-byte tag every suite here has: 5.2, 5.4); decode_error
+ * for a body too short to hold a tag and a content type. */
 int rec_check_header(const uint8_t hdr[REC_HEADER], size_t *body_len);
 
 /* Opens one whole record (header + body) in place: 0 and *type, *plain,

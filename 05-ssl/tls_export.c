@@ -14,9 +14,7 @@
 #include <openssl/crypto.h>
 #include <openssl/x509v3.h>
 
-/* ------------------------------------------------------------------ */
-/* The exporting side                                                   */
-/* ------------------------------------------------------------------ */
+/* ---- the exporting side ------------------------------------------------- */
 
 void tlsx_capture_wipe(struct tlsx_capture *c)
 {
@@ -194,9 +192,7 @@ void tlsx_export(SSL *ssl, const struct tlsx_capture *c, struct handoff_state *s
 	st->pending_len = 0;
 }
 
-/* ------------------------------------------------------------------ */
-/* The taking-over side                                                 */
-/* ------------------------------------------------------------------ */
+/* ---- the taking-over side ----------------------------------------------- */
 
 int tlsx_sess_init(struct tlsx_sess *s, struct handoff_state *st, uint64_t rekey_after)
 {
@@ -237,23 +233,32 @@ void tlsx_in_added(struct tlsx_sess *s, size_t n)
 	s->in_len += n;
 }
 
-/* The length of the whole record at in[0], 0 if not all there yet, or
+/* The length of the whole record at in[off], 0 if not all there yet, or
  * (size_t)-1 with *alert for a bad header. */
-static size_t whole_record(const struct tlsx_sess *s, int *alert)
+static size_t whole_record(const struct tlsx_sess *s, size_t off, int *alert)
 {
 	size_t body;
-	if (s->in_len < REC_HEADER)
+	if (s->in_len - off < REC_HEADER)
 		return 0;
-	*alert = rec_check_header(s->in, &body);
+	*alert = rec_check_header(s->in + off, &body);
 	if (*alert)
 		return (size_t)-1;
-	return s->in_len >= REC_HEADER + body ? REC_HEADER + body : 0;
+	return s->in_len - off >= REC_HEADER + body ? REC_HEADER + body : 0;
 }
 
 int tlsx_buffered(const struct tlsx_sess *s)
 {
 	int alert = 0;
-	return s->plain_len > 0 || (s->rec_len == 0 && whole_record(s, &alert) != 0);
+	/* Plaintext not handed out yet, or a whole record (or a bad header, which
+	 * tlsx_read turns into TLSX_FATAL) after the one opened at in[0]. */
+	return s->plain_len > 0 || whole_record(s, s->rec_len, &alert) != 0;
+}
+
+/* One more record without application data: past TLSX_MAX_EMPTY_RECORDS in
+ * a row, the alert to send. */
+static int no_data(struct tlsx_sess *s)
+{
+	return ++s->empty_run > TLSX_MAX_EMPTY_RECORDS ? ALERT_UNEXPECTED_MESSAGE : 0;
 }
 
 int tlsx_open_record(struct tlsx_sess *s, uint8_t *rec, size_t rec_len, uint8_t **plain,
@@ -268,6 +273,9 @@ int tlsx_open_record(struct tlsx_sess *s, uint8_t *rec, size_t rec_len, uint8_t 
 		return alert;
 	switch (type) {
 	case CT_APPLICATION_DATA:
+		if (*len == 0)
+			return no_data(s); /* legal (5.1), and free to send by the thousand */
+		s->empty_run = 0;
 		return 0;
 	case CT_ALERT: {
 		if (*len != 2)
@@ -281,7 +289,7 @@ int tlsx_open_record(struct tlsx_sess *s, uint8_t *rec, size_t rec_len, uint8_t 
 		alert = rec_parse_key_update(*plain, *len, request);
 		OPENSSL_cleanse(*plain, *len);
 		*len = 0;
-		if (alert)
+		if (alert || (alert = no_data(s)) != 0)
 			return alert;
 		if (rec_update(&s->rd) < 0)
 			return ALERT_INTERNAL_ERROR;
@@ -313,7 +321,7 @@ size_t tlsx_read(struct tlsx_sess *s, void *out, size_t cap, int *ev)
 			s->rec_len = 0;
 		}
 		int alert = 0;
-		size_t n = whole_record(s, &alert);
+		size_t n = whole_record(s, 0, &alert);
 		if (n == 0) {
 			*ev = TLSX_WANT_READ;
 			return 0;
@@ -397,8 +405,17 @@ int tlsx_seal_data(struct tlsx_sess *s, const void *data, size_t len, uint8_t *o
 
 int tlsx_seal_alert(struct tlsx_sess *s, int alert, uint8_t *out, size_t cap, size_t *out_len)
 {
+	*out_len = 0;
+	return tlsx_queue_alert(s, alert, out, cap, out_len);
+}
+
+int tlsx_queue_alert(struct tlsx_sess *s, int alert, uint8_t *out, size_t cap, size_t *len)
+{
 	/* In TLS 1.3 every alert but close_notify (and user_canceled) is fatal. */
 	uint8_t a[2] = { alert == ALERT_CLOSE_NOTIFY ? 1 : 2, (uint8_t)alert };
-	*out_len = 0;
-	return seal(s, CT_ALERT, a, sizeof a, out, cap, out_len);
+	if (*len > cap) {
+		errno = EINVAL;
+		return -1;
+	}
+	return seal(s, CT_ALERT, a, sizeof a, out, cap, len);
 }

@@ -21,8 +21,12 @@
  *   tlsx_read(s, buf, cap, &ev)            plaintext out; 0 and an event when
  *                                          none: more bytes needed, the peer's
  *                                          close_notify or alert, or a fatal
- *                                          error (the alert to send is in ev)
- *   tlsx_seal_data / tlsx_seal_alert       records out into a caller's buffer
+ *                                          error (the alert to send: s->alert)
+ *   tlsx_buffered(s)                       1: tlsx_read has work without a
+ *                                          read from the socket (a record
+ *                                          behind the one in hand)
+ *   tlsx_seal_data / tlsx_queue_alert      records out into a caller's buffer
+ *                                          (in order, whole: the order rule below)
  *   tlsx_sess_free(s)                      secrets and keys wiped
  * A KeyUpdate from the peer is handled inside tlsx_read (read key moves on;
  * update_requested makes the next tlsx_seal_data send our own KeyUpdate
@@ -43,7 +47,7 @@
 #include "handoff_state.h"
 #include "record.h"
 
-/* ---- the exporting side --------------------------------------------------- */
+/* ---- the exporting side ------------------------------------------------- */
 
 /*
  * What the handshaking process learns about a session while OpenSSL runs it,
@@ -89,7 +93,7 @@ const char *tlsx_cannot_export(SSL *ssl, const struct tlsx_capture *c, const cha
  * pending_len 0) from a session tlsx_cannot_export accepted. */
 void tlsx_export(SSL *ssl, const struct tlsx_capture *c, struct handoff_state *st);
 
-/* ---- the taking-over side ------------------------------------------------- */
+/* ---- the taking-over side ----------------------------------------------- */
 
 #define TLSX_IN_CAP (2 * (REC_HEADER + REC_MAX_CIPHER))
 
@@ -101,12 +105,20 @@ enum tlsx_event {
 	TLSX_KEY_UPDATE,      /* tlsx_open_record only: a KeyUpdate was handled */
 };
 
+/* Records in a row that carry no application data (KeyUpdates, empty
+ * application_data records) before the peer is cut off with
+ * unexpected_message: each costs us work and moves nothing forward, so a
+ * flood of them would pin a worker. 32, like OpenSSL's MAX_EMPTY_RECORDS and
+ * BoringSSL's kMaxKeyUpdates. */
+#define TLSX_MAX_EMPTY_RECORDS 32
+
 struct tlsx_sess {
 	struct rec_dir rd, wr;
 	uint64_t limit;         /* records per write key before our own KeyUpdate */
 	int ku_owed;            /* the peer asked for a KeyUpdate: send one first */
 	uint64_t peer_updates;  /* KeyUpdates received */
 	int alert;              /* TLSX_PEER_ALERT / TLSX_FATAL: the alert */
+	int empty_run;          /* records in a row without application data */
 	/* raw bytes: a record is opened in place at in[0] */
 	size_t in_len;
 	size_t rec_len;         /* > 0: in[0..rec_len) is an opened record */
@@ -124,8 +136,11 @@ void tlsx_sess_free(struct tlsx_sess *s);
 /* Where raw bytes from the socket go, and how many fit. */
 size_t tlsx_in_room(struct tlsx_sess *s, uint8_t **p);
 void tlsx_in_added(struct tlsx_sess *s, size_t n);
-/* 1 if a whole record or plaintext is buffered: tlsx_read has more to give
- * without a read from the socket. */
+/* 1 if tlsx_read has work to do without a read from the socket: plaintext
+ * not handed out yet, or a whole record (or a bad header) buffered behind
+ * the one being handed out. A worker that stops reading while its output is
+ * full asks this before it waits for EPOLLIN: bytes already in the buffer
+ * will not raise EPOLLIN again. A partial record is not counted. */
 int tlsx_buffered(const struct tlsx_sess *s);
 
 /* Up to cap bytes of plaintext into out: > 0, or 0 with *ev set. */
@@ -133,7 +148,9 @@ size_t tlsx_read(struct tlsx_sess *s, void *out, size_t cap, int *ev);
 
 /* Opens one whole record (header + body, in place) and classifies it:
  * 0 with *plain and *len for application data (a KeyUpdate or an alert is
- * handled and reported in *ev as in tlsx_read, *len 0), or the alert to send.
+ * handled and reported in *ev as in tlsx_read, *len 0), or the alert to send
+ * (unexpected_message also for the record after TLSX_MAX_EMPTY_RECORDS in a
+ * row without application data).
  * For callers that read whole records themselves (stage 05's blocking worker).
  * *request: a KeyUpdate's request value (-1 if the record was no KeyUpdate). */
 int tlsx_open_record(struct tlsx_sess *s, uint8_t *rec, size_t rec_len, uint8_t **plain,
@@ -146,8 +163,29 @@ int tlsx_open_record(struct tlsx_sess *s, uint8_t *rec, size_t rec_len, uint8_t 
 size_t tlsx_seal_size(size_t len);
 int tlsx_seal_data(struct tlsx_sess *s, const void *data, size_t len, uint8_t *out, size_t cap,
 		   size_t *out_len, int *updates);
-/* One alert record (close_notify is a warning, every other alert fatal). */
+/*
+ * The order rule for everything sealed: records must reach the socket whole
+ * and in the order they were sealed (each one's sequence number is in its
+ * nonce, and the peer opens them in that order only). A caller that keeps a
+ * queue of sealed bytes (out[off..len) still to send) has a partial record
+ * pending whenever off < len; an alert written to the socket then, on its
+ * own, lands inside that record or ahead of records with smaller sequence
+ * numbers, and the peer sees bad_record_mac instead of the alert. So:
+ *   - never send an alert (or any record) past bytes still queued: append it
+ *     behind them (tlsx_queue_alert) and send the queue in order;
+ *   - if the queue cannot be flushed (the peer does not read), close without
+ *     the alert: a peer that reads nothing would not see it anyway.
+ * tlsx_seal_alert writes into an empty buffer: use it only when nothing
+ * sealed is still unsent.
+ */
+
+/* One alert record (close_notify is a warning, every other alert fatal)
+ * into out[0..cap): 0 and *out_len, or -1/errno (EMSGSIZE: no room). */
 int tlsx_seal_alert(struct tlsx_sess *s, int alert, uint8_t *out, size_t cap, size_t *out_len);
+/* The same alert appended behind the *len bytes already queued in out[0..cap)
+ * (sent or not): 0 and *len grown by the record, or -1/errno (EMSGSIZE: no
+ * room behind them, EINVAL: *len > cap; *len unchanged). */
+int tlsx_queue_alert(struct tlsx_sess *s, int alert, uint8_t *out, size_t cap, size_t *len);
 /* Our own KeyUpdate (update_not_requested), then the new write key. */
 int tlsx_seal_key_update(struct tlsx_sess *s, uint8_t *out, size_t cap, size_t *out_len);
 

@@ -14,6 +14,7 @@ Documentation/filesystems/ramfs-rootfs-initramfs.rst, written by hand.
 """
 
 import gzip
+import itertools
 import os
 import shutil
 import subprocess
@@ -33,11 +34,13 @@ MODULES = [
 ]
 
 
-def newc(out, name, mode, data=b"", rdev=(0, 0), ino=[1]):
+INODES = itertools.count(2)
+
+
+def newc(out, name, mode, data=b"", rdev=(0, 0)):
     """One entry: a 110-byte ASCII header, the name, the data, each padded to 4."""
-    ino[0] += 1
     name_b = name.encode() + b"\0"
-    fields = [ino[0], mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name_b), 0]
+    fields = [next(INODES), mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name_b), 0]
     out.write(b"070701" + b"".join(b"%08X" % f for f in fields) + name_b)
     out.write(b"\0" * (-(110 + len(name_b)) % 4))
     out.write(data)

@@ -739,10 +739,19 @@ def test_key_update_before_the_handoff_fails_closed(serve, s_client, tmp_path):
 
 
 def _kernel_has_tls():
-    try:
-        return "tls" in Path("/proc/sys/net/ipv4/tcp_available_ulp").read_text().split()
-    except OSError:
-        return False
+    """Whether setsockopt(TCP_ULP, "tls") works on a connected TCP socket: the
+    kernel loads the module on demand, so /proc/sys/net/ipv4/tcp_available_ulp,
+    which lists only what is loaded, is the wrong test."""
+    TCP_ULP = 31  # <linux/tcp.h>
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        with socket.create_connection(srv.getsockname()) as c:
+            a, _ = srv.accept()
+            with a:
+                try:
+                    c.setsockopt(socket.IPPROTO_TCP, TCP_ULP, b"tls")
+                    return True
+                except OSError:
+                    return False
 
 
 @pytest.mark.skipif(_kernel_has_tls(), reason="this kernel has kTLS; the fallback is not reachable")

@@ -545,7 +545,7 @@ _Noreturn void worker_main(struct nar *n, const struct config *cfg, int chan, in
 }
 
 
-/* ---- a worker in a fresh process image ----------------------------------- */
+/* ---- a worker in a fresh process image ---------------------------------- */
 
 /* Clears close-on-exec on fd (if it is one) so it survives execv. */
 static int keep_over_exec(int fd)

@@ -52,14 +52,17 @@ struct conn {
 	long long deadline;  /* the request head must be in by then */
 	size_t turn_left;    /* raw bytes it may still read in this turn */
 	size_t in_len, out_len, out_off;
-	char in[HTTP_REQ_MAX];
-	char out[OUT_MAX];
 	/* --tls: the session taken over from the dispatcher. `in` and `out` hold
 	 * plaintext; `tout` the sealed records on their way to the socket. */
 	struct tlsx_sess *tls;
 	uint32_t mask;       /* the events registered for it in epoll */
 	int bye;             /* the alert to send at close (close_notify), -1: none */
 	size_t tout_len, tout_off;
+	/* The buffers last: a new connection zeroes only what is above them
+	 * (conn_add), not its 20-odd KiB of buffers, which are always read
+	 * through the lengths above. */
+	char in[HTTP_REQ_MAX];
+	char out[OUT_MAX];
 	uint8_t tout[TOUT_MAX];
 };
 
@@ -121,7 +124,9 @@ int conn_add(struct worker *w, int fd, const uint8_t *state, size_t len)
 		}
 		st = &hs;
 	}
-	struct conn *c = fd < w->tabcap ? calloc(1, sizeof *c) : NULL;
+	struct conn *c = fd < w->tabcap ? malloc(sizeof *c) : NULL;
+	if (c)
+		memset(c, 0, offsetof(struct conn, in));
 	struct tlsx_sess *tls = st ? malloc(sizeof *tls) : NULL;
 	if (!c || (st && (!tls || tlsx_sess_init(tls, st, 0) < 0))) {
 		if (st)
@@ -300,9 +305,15 @@ static void conn_io(struct worker *w, struct conn *c)
 	}
 	for (int round = 0; round < TURN_ROUNDS; round++) {
 		while (!c->peer_eof && c->in_len < sizeof c->in) {
-			ssize_t r = conn_recv(c, c->in + c->in_len, sizeof c->in - c->in_len);
+			size_t want = sizeof c->in - c->in_len;
+			ssize_t r = conn_recv(c, c->in + c->in_len, want);
 			if (r > 0) {
 				c->in_len += (size_t)r;
+				/* A short read on a plain socket drained it: asking again
+				 * would only fetch EAGAIN. The loop is level-triggered, so
+				 * bytes that arrive later wake us again. */
+				if (!c->tls && (size_t)r < want)
+					break;
 				continue;
 			}
 			if (r == 0) {

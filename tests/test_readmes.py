@@ -24,11 +24,13 @@ STAGES = sorted(d.name for d in ROOT.iterdir() if d.is_dir() and re.match(r"^\d\
 # A monospace line of 100 characters is about as wide as the 890 px column.
 FENCED_MAX = 100
 # The widest note or message label of a diagram, in characters. Mermaid sizes
-# a sequence diagram by its participants' spacing and its widest note; at its
-# default font a note of 52 characters is about 400 px wide, which leaves room
-# for the lifelines on both sides within the column. The diagram that was
-# shrunk to 73% had a 68-character note (`... suite=TLS_AES_256_GCM_SHA384`).
-LABEL_MAX = 52
+# a sequence diagram by its lifelines' spacing and its widest label. Rendered
+# with Mermaid 11 in a headless Chromium, with the narrower actor boxes every
+# diagram asks for (the init directive common/narrate.c writes), the widest
+# diagram here - five lifelines, or three with stage 05's 48-character
+# handshake note - is 876 px: within the column, at 100%. The diagram that
+# had been shrunk to 73% carried a 68-character note.
+LABEL_MAX = 48
 
 
 def fenced_blocks(text):

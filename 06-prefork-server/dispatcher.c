@@ -615,17 +615,10 @@ void disp_init(struct disp *d, struct nar *n, const struct config *cfg, int port
 		/* Each worker listens on its own socket. We only bind one (never
 		 * listen on it) to learn the port and to hold it while workers come
 		 * and go: a bound, non-listening socket gets no connections. */
-		d->reserve_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		int one = 1;
-		struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-					  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-		socklen_t sl = sizeof sa;
-		if (d->reserve_fd < 0 ||
-		    setsockopt(d->reserve_fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0 ||
-		    bind(d->reserve_fd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
-		    getsockname(d->reserve_fd, (struct sockaddr *)&sa, &sl) < 0)
+		d->reserve_fd = listen_loopback_opts(port, &d->port,
+						     LOOPBACK_REUSEPORT | LOOPBACK_NO_LISTEN);
+		if (d->reserve_fd < 0)
 			die("socket/SO_REUSEPORT/bind on 127.0.0.1:%d", port);
-		d->port = ntohs(sa.sin_port);
 	} else {
 		d->lfd = listen_loopback(port, &d->port);
 		if (d->lfd < 0)

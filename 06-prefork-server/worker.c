@@ -440,21 +440,6 @@ static void worker_accept(struct worker *w)
 
 /* A listener of our own (reuseport): same port, SO_REUSEPORT on every one,
  * and the kernel spreads new connections across the group by a hash. */
-static int reuseport_listener(int port)
-{
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	int one = 1;
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0 ||
-	    bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, SOMAXCONN) < 0) {
-		if (fd >= 0)
-			close(fd);
-		return -1;
-	}
-	return fd;
-}
-
 /*
  * A worker's life. `chan` is its end of the channel (-1 for a fork-per-conn
  * child), `lfd` a listener to accept on (reuseport, proxy) or -1, `conn` a
@@ -492,7 +477,7 @@ _Noreturn void worker_main(struct nar *n, const struct config *cfg, int chan, in
 		ep_add(w.ep, chan, EPOLLIN, tag(T_CHAN, 0));
 	}
 	if (cfg->model == M_REUSEPORT) {
-		w.lfd = reuseport_listener(port);
+		w.lfd = listen_loopback_opts(port, NULL, LOOPBACK_REUSEPORT | LOOPBACK_NONBLOCK);
 		if (w.lfd < 0)
 			die("worker: socket/SO_REUSEPORT/bind/listen on port %d", port);
 	}

@@ -34,28 +34,11 @@ const char *const strategy_names[] = { "handoff", "stop-start", "reuseport", "re
 
 int bind_listener(enum strategy s, int port, int *bound)
 {
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (fd < 0)
-		return -1;
-	int one = 1;
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t len = sizeof sa;
 	/* SO_REUSEPORT on both sockets (same uid) lets two listeners share
 	 * the port; the kernel then spreads new connections between them. */
 	int reuseport = s == ST_REUSEPORT || s == ST_REUSEPORT_MIGRATE;
-	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
-	    (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) ||
-	    bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, SOMAXCONN) < 0 ||
-	    getsockname(fd, (struct sockaddr *)&sa, &len) < 0) {
-		int saved = errno;
-		close(fd);
-		errno = saved;
-		return -1;
-	}
-	if (bound)
-		*bound = ntohs(sa.sin_port);
-	return fd;
+	return listen_loopback_opts(port, bound,
+				    LOOPBACK_NONBLOCK | (reuseport ? LOOPBACK_REUSEPORT : 0));
 }
 
 void naive_before_fork(struct gen *g)

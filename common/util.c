@@ -32,14 +32,23 @@ static struct sockaddr_in loopback(int port)
 
 int listen_loopback(int port, int *bound)
 {
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	return listen_loopback_opts(port, bound, 0);
+}
+
+int listen_loopback_opts(int port, int *bound, int opts)
+{
+	int type = SOCK_STREAM | SOCK_CLOEXEC | ((opts & LOOPBACK_NONBLOCK) ? SOCK_NONBLOCK : 0);
+	int fd = socket(AF_INET, type, 0);
 	if (fd < 0)
 		return -1;
 	int one = 1;
 	struct sockaddr_in sa = loopback(port);
 	socklen_t salen = sizeof sa;
 	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
-	    bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, SOMAXCONN) < 0 ||
+	    ((opts & LOOPBACK_REUSEPORT) &&
+	     setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) ||
+	    bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
+	    (!(opts & LOOPBACK_NO_LISTEN) && listen(fd, SOMAXCONN) < 0) ||
 	    getsockname(fd, (struct sockaddr *)&sa, &salen) < 0) {
 		int saved = errno;
 		close(fd);

@@ -22,6 +22,12 @@
 
 /* TCP on 127.0.0.1 only. port 0 = ephemeral; *bound gets the real port. */
 int listen_loopback(int port, int *bound);
+/* The same, with options: LOOPBACK_REUSEPORT (SO_REUSEPORT: several sockets
+ * of one user share the port, the kernel spreads connections among those that
+ * listen), LOOPBACK_NONBLOCK, and LOOPBACK_NO_LISTEN (bind only: holds the
+ * port, takes no connection). */
+enum { LOOPBACK_REUSEPORT = 1, LOOPBACK_NONBLOCK = 2, LOOPBACK_NO_LISTEN = 4 };
+int listen_loopback_opts(int port, int *bound, int opts);
 int connect_loopback(int port);
 
 /*

@@ -3,6 +3,8 @@
  * one mode), --serve for outside clients, and the result line.
  *
  * Part of stage 04 (./dup_race --help); the lesson is in dup_race.c.
+ * Article: Q2, steps 2 and 3 (see dup_race.c).
+ * See also: getrlimit(2) (--stress raises RLIMIT_NOFILE), signalfd(2) (--serve).
  */
 #define _GNU_SOURCE
 #include "dup_race.h"

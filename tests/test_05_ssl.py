@@ -463,6 +463,24 @@ def _forged_record(secret, seq, inner):
     return header + AESGCM(key).encrypt(nonce, inner, header)
 
 
+@pytest.fixture
+def forger(serve, tmp_path):
+    """A worker that owns the session (the parent answered record 0), and the
+    client's traffic secret from Python's keylog file, to seal records with."""
+    import cryptography  # noqa: F401  (make test installs python3-cryptography)
+
+    trace, keylog = tmp_path / "t.jsonl", tmp_path / "keylog"
+    s = serve(PROG, "--mode", "after-handshake", "--ciphersuites", "TLS_AES_128_GCM_SHA256", "--trace", trace)
+    c = RawTLS(s.port, keylog)
+    try:
+        c.sock.sendall(c.record(b"hello\n"))  # record 0 under the client's application key
+        assert c.readline().startswith("[parent ")
+        (line,) = [l for l in Path(keylog).read_text().splitlines() if l.startswith("CLIENT_TRAFFIC_SECRET_0 ")]
+        yield c, trace, bytes.fromhex(line.split()[2])
+    finally:
+        c.close()
+
+
 @pytest.mark.parametrize(
     "inner,alert",
     [
@@ -476,20 +494,10 @@ def _forged_record(secret, seq, inner):
     ids=["inner-type-99", "no-content-type", "keyupdate-value-2", "keyupdate-length", "alert-length",
          "plaintext-2^14+1"],
 )
-def test_bad_inner_plaintext_gets_the_right_alert(serve, tmp_path, inner, alert):
-    import cryptography  # noqa: F401  (make test installs python3-cryptography)
-
-    trace, keylog = tmp_path / "t.jsonl", tmp_path / "keylog"
-    s = serve(PROG, "--mode", "after-handshake", "--ciphersuites", "TLS_AES_128_GCM_SHA256", "--trace", trace)
-    c = RawTLS(s.port, keylog)
-    try:
-        c.sock.sendall(c.record(b"hello\n"))  # record 0 under the client's application key
-        assert c.readline().startswith("[parent ")
-        (line,) = [l for l in Path(keylog).read_text().splitlines() if l.startswith("CLIENT_TRAFFIC_SECRET_0 ")]
-        c.sock.sendall(_forged_record(bytes.fromhex(line.split()[2]), 1, inner))  # record 1
-        _alert_from_worker(c, trace, alert)
-    finally:
-        c.close()
+def test_bad_inner_plaintext_gets_the_right_alert(forger, inner, alert):
+    c, trace, secret = forger
+    c.sock.sendall(_forged_record(secret, 1, inner))  # record 1
+    _alert_from_worker(c, trace, alert)
 
 
 # ---------------------------------------------------------------------------
@@ -1023,27 +1031,17 @@ def test_route_arguments():
                expect=2).stderr.strip()
 
 
-def test_a_flood_of_key_updates_gets_unexpected_message(serve, tmp_path):
+def test_a_flood_of_key_updates_gets_unexpected_message(forger):
     """40 KeyUpdates in a row, each under the key the one before it made, and
     no data: the 33rd record without application data is one too many
     (tls_export.h, TLSX_MAX_EMPTY_RECORDS), answered with unexpected_message."""
-    import cryptography  # noqa: F401  (make test installs python3-cryptography)
-
-    trace, keylog = tmp_path / "t.jsonl", tmp_path / "keylog"
-    s = serve(PROG, "--mode", "after-handshake", "--ciphersuites", "TLS_AES_128_GCM_SHA256", "--trace", trace)
-    c = RawTLS(s.port, keylog)
-    try:
-        c.sock.sendall(c.record(b"hello\n"))  # record 0 under the client's application key
-        assert c.readline().startswith("[parent ")
-        (line,) = [l for l in Path(keylog).read_text().splitlines() if l.startswith("CLIENT_TRAFFIC_SECRET_0 ")]
-        secret, seq, flood = bytes.fromhex(line.split()[2]), 1, b""
-        for _ in range(40):
-            flood += _forged_record(secret, seq, bytes([24, 0, 0, 1, 0, 22]))  # update_not_requested
-            secret, seq = _hkdf_expand_label(secret, b"traffic upd", 32), 0  # RFC 8446 7.2
-        c.sock.sendall(flood)
-        _alert_from_worker(c, trace, "unexpected_message")
-    finally:
-        c.close()
+    c, trace, secret = forger
+    seq, flood = 1, b""
+    for _ in range(40):
+        flood += _forged_record(secret, seq, bytes([24, 0, 0, 1, 0, 22]))  # update_not_requested
+        secret, seq = _hkdf_expand_label(secret, b"traffic upd", 32), 0  # RFC 8446 7.2
+    c.sock.sendall(flood)
+    _alert_from_worker(c, trace, "unexpected_message")
     assert len(events(read_trace(trace), "worker", "peer_key_update")) == 32
 
 

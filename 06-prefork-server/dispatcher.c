@@ -159,7 +159,11 @@ static int spawn(struct disp *d, int s, int again, const char **failed)
 		close(sv[0]);
 		int ulfd = sl->ulfd;
 		close_inherited(d, s);
-		d->n->role = sl->role;
+		/* A replacement is another process: in narration and diagrams it
+		 * is "new-worker-N", not the one that died. */
+		static char role[32];
+		snprintf(role, sizeof role, "%s%s", again ? "new-" : "", sl->role);
+		d->n->role = role;
 		if (again && d->cfg->respawn_fails) {
 			say(d->n, "--respawn-fails: exiting before I am ready, as a broken worker would");
 			_exit(EXIT_RUNTIME);
@@ -280,7 +284,9 @@ void replace_worker(struct disp *d, int s)
 	if (d->cfg->verbose) {
 		say(d->n, "forking a new %s; the re-dispatch goes to a worker that was already running",
 		    sl->role);
-		ev(d->n, "respawn", NULL, "slot=%d", s);
+		char to[32];
+		snprintf(to, sizeof to, "new-%s", sl->role);
+		ev(d->n, "respawn", to, "slot=%d", s);
 	}
 	respawn(d, s);
 }
@@ -588,6 +594,7 @@ void disp_init(struct disp *d, struct nar *n, const struct config *cfg, int port
 	ep_add(d->ep, d->sfd, EPOLLIN, tag(T_SIGNAL, 0));
 	d->q_cap = (unsigned)(cfg->queue_max + cfg->workers * cfg->inflight_max);
 	d->q = calloc(d->q_cap, sizeof *d->q);
+	d->rr = (unsigned)cfg->workers - 1; /* pick() starts after rr: worker-0 comes first */
 	struct rlimit rl;
 	getrlimit(RLIMIT_NOFILE, &rl);
 	if (cfg->model == M_FORK)

@@ -84,7 +84,7 @@ void chan_tell(int chan, uint32_t type, uint32_t count)
 void accept_handoff(struct disp *d, int fd)
 {
 	/* lesson: handoff_accept */
-	if (d->q_count + (unsigned)d->nhs >= (unsigned)d->cfg->queue_max) {
+	if (d->q_count >= (unsigned)d->cfg->queue_max) {
 		refuse(d, fd); /* 503: a bounded queue, not an unbounded one */
 		return;
 	}

@@ -44,6 +44,8 @@ static const char usage[] =
 	"                      the TLS 1.3 handshake, then hands over the descriptor\n"
 	"                      with the session state (stage 05's after-handshake mode)\n"
 	"  --handshake-timeout MS  --tls: bound on one handshake (default 3000)\n"
+	"  --handshakes-max N  --tls: handshakes in flight; past it the oldest is closed\n"
+	"                      (default 1024)\n"
 	"  --read-ahead        break it (--tls): let OpenSSL read ahead, so a request that\n"
 	"                      comes with the client's Finished strands raw bytes in it:\n"
 	"                      the session cannot be exported, the dispatcher closes it\n"
@@ -54,7 +56,7 @@ static const char usage[] =
 int main(int argc, char **argv)
 {
 	enum { OPT_WORKERS = OPT_STAGE, OPT_MODEL, OPT_DIE, OPT_HEADER, OPT_INFLIGHT, OPT_QUEUE,
-	       OPT_RESPAWN_FAILS, OPT_TLS, OPT_HANDSHAKE, OPT_READAHEAD };
+	       OPT_RESPAWN_FAILS, OPT_TLS, OPT_HANDSHAKE, OPT_READAHEAD, OPT_HANDSHAKES };
 	static const struct option longopts[] = {
 		COMMON_LONGOPTS,
 		{ "workers", required_argument, NULL, OPT_WORKERS },
@@ -67,6 +69,7 @@ int main(int argc, char **argv)
 		{ "tls", no_argument, NULL, OPT_TLS },
 		{ "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE },
 		{ "read-ahead", no_argument, NULL, OPT_READAHEAD },
+		{ "handshakes-max", required_argument, NULL, OPT_HANDSHAKES },
 		{ 0 },
 	};
 	if (argc > 1 && strcmp(argv[1], "--worker-role") == 0)
@@ -80,6 +83,7 @@ int main(int argc, char **argv)
 		.inflight_max = 1024,
 		.queue_max = 4096,
 		.handshake_ms = 3000,
+		.handshakes_max = 1024,
 	};
 	int model_given = 0, c;
 	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -95,6 +99,7 @@ int main(int argc, char **argv)
 		case OPT_RESPAWN_FAILS: cfg.respawn_fails = 1; break;
 		case OPT_TLS: cfg.tls = 1; break;
 		case OPT_READAHEAD: cfg.read_ahead = 1; break;
+		case OPT_HANDSHAKES: cfg.handshakes_max = (int)parse_long("--handshakes-max", optarg, 1, 1000000); break;
 		case OPT_HANDSHAKE: cfg.handshake_ms = (int)parse_long("--handshake-timeout", optarg, 10, 600000); break;
 		}
 	}

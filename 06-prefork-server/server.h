@@ -44,6 +44,7 @@ struct config {
 	int respawn_fails; /* --respawn-fails */
 	int verbose; /* the demo: narrate every connection */
 	int tls, handshake_ms; /* --tls, --handshake-timeout */
+	int handshakes_max;    /* --tls: handshakes in flight at once */
 	int read_ahead;        /* --read-ahead */
 	SSL_CTX *ctx;          /* --tls: the dispatcher's server context */
 };
@@ -102,6 +103,7 @@ struct disp {
 	int rtabcap, nrelays;
 	struct hs **htab; /* --tls: handshakes in progress, indexed by descriptor */
 	int htabcap, nhs;
+	uint64_t hs_started; /* --tls: handshakes started, for their age */
 	/* the demo */
 	pid_t client_pid;
 	int go_fd, done_fd, client_status;

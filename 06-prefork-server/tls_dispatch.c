@@ -28,6 +28,7 @@ struct hs { /* --tls: a connection whose handshake the dispatcher is running */
 	struct tlsx_capture *cap;
 	struct pend p;
 	long long deadline;
+	uint64_t seq; /* the order handshakes started in: the oldest goes first */
 	uint32_t mask;
 };
 
@@ -92,6 +93,11 @@ static void hs_finish(struct disp *d, struct hs *h)
 	/* Free without a byte on the wire: a close_notify now would use a
 	 * sequence number the worker is about to use. */
 	SSL_set_quiet_shutdown(h->ssl, 1);
+	if (d->q_count >= (unsigned)d->cfg->queue_max) { /* the ready queue is full: 503's place */
+		d->c.refused++;
+		hs_free(d, h, 1);
+		return;
+	}
 	struct pend p = h->p;
 	h->p.state = NULL; /* it moves to the queue with the descriptor */
 	hs_free(d, h, 0);  /* out of our epoll set before anyone else reads it */
@@ -118,8 +124,31 @@ void hs_step(struct disp *d, struct hs *h)
 	hs_free(d, h, 1);
 }
 
+/* Handshakes in flight have their own bound (--handshakes-max), apart from
+ * the queue of connections ready for a worker: when it is reached, the
+ * oldest handshake - the likeliest to be a client that says nothing - is
+ * closed to make room. A flood of silent connections then costs each of
+ * them its slot after the next handshakes-max connections, not everyone
+ * else their service until the handshake timeout. */
+static void hs_evict_oldest(struct disp *d)
+{
+	struct hs *old = NULL;
+	for (int fd = 0, seen = 0; fd < d->htabcap && seen < d->nhs; fd++)
+		if (d->htab[fd]) {
+			seen++;
+			if (!old || d->htab[fd]->seq < old->seq)
+				old = d->htab[fd];
+		}
+	if (old) {
+		d->c.tls_failed++;
+		hs_free(d, old, 1);
+	}
+}
+
 void hs_start(struct disp *d, struct pend p)
 {
+	if (d->nhs >= d->cfg->handshakes_max)
+		hs_evict_oldest(d);
 	struct hs *h = p.fd < d->htabcap ? calloc(1, sizeof *h) : NULL;
 	int one = 1;
 	if (h) {
@@ -144,6 +173,7 @@ void hs_start(struct disp *d, struct pend p)
 	setsockopt(p.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 	h->mask = EPOLLIN;
 	h->deadline = now_ms() + d->cfg->handshake_ms;
+	h->seq = ++d->hs_started;
 	d->htab[p.fd] = h;
 	d->nhs++;
 	hs_step(d, h); /* the ClientHello may be there already */

@@ -248,3 +248,29 @@ def test_every_worker_holds_its_channel_and_its_connections_and_nothing_else(ser
     finally:
         for c in conns:
             c.close()
+
+
+def test_tls_silent_handshakes_do_not_lock_out_other_clients(serve):
+    """Twenty clients connect to the HTTPS port and say nothing (their
+    handshakes would wait ten minutes). They do not count against
+    --queue-max (4 here: connections ready for a worker), so a real client is
+    still served at once; and past --handshakes-max (8) the oldest silent one
+    is closed to make room, so they cannot hold the dispatcher's descriptors
+    either."""
+    for extra, evicted in (((), 0), (("--handshakes-max", "8"), 13)):
+        s = serve(PROG, "--workers", "1", "--tls", "--queue-max", "4",
+                  "--handshake-timeout", "600000", *extra)
+        silent = [socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) for _ in range(20)]
+        try:
+            counters_until(s, lambda c: c["accepted"] == 20)
+            t0 = time.monotonic()
+            assert tls_get(s.port)[0] == 200
+            assert time.monotonic() - t0 < QUICK
+            c = counters_until(s, lambda c: c["acked"] == 1)
+            assert c["refused"] == 0 and c["tls_failed"] == evicted
+            if evicted:  # the first 13 to come were closed, the last 7 are still open
+                assert all(until_eof(x) == b"" for x in silent[:13])
+        finally:
+            for x in silent:
+                x.close()
+        s.stop()

@@ -9,7 +9,7 @@
  *            ./hot_restart --serve --strategy handoff --pid-file /tmp/hr.pid
  *            kill -HUP $(cat /tmp/hr.pid)     ->  the next generation takes over
  *            curl http://127.0.0.1:PORT/      ->  served by generation 2 pid P
- *            python3 measure.py --markdown    10 upgrades per strategy, under load
+ *            python3 07-hot-restart/measure.py --markdown   10 upgrades per strategy
  * Break it:  --fail-upgrade exec|crash   the next generation never becomes ready;
  *            the old one notices, keeps serving, and loses nothing
  *            --strategy stop-start|reuseport|reuseport-migrate   the naive ways
@@ -212,8 +212,10 @@ int hand_over_conns(struct gen *g, const size_t *slots, size_t count)
 		return -1;
 	/* Until the ACK we still hold every one of them: if the new one dies
 	 * now, nothing is lost but what it had already taken. */
-	if (recv_msg(g->chan, ack, sizeof ack, WAIT_MS) < 0 || strncmp(ack, "ACK", 3) != 0) {
-		errno = errno ? errno : EPROTO;
+	if (recv_msg(g->chan, ack, sizeof ack, WAIT_MS) < 0)
+		return -1;
+	if (strncmp(ack, "ACK ", 4) != 0) {
+		errno = EPROTO;
 		return -1;
 	}
 	char next[16];
@@ -240,11 +242,11 @@ int receive_from_old(struct gen *g)
 	struct fdpass_rx rx = { .buf = msg, .cap = sizeof msg - 1, .fds = fds,
 				.max_fds = FDPASS_MAX_FDS };
 	int st = fdpass_recv(g->chan, &rx);
+	msg[st == FDPASS_OK ? rx.len : 0] = '\0';
 	if (st == FDPASS_OK && rx.nfds > 0) {
-		msg[rx.len] = '\0';
 		/* Every descriptor gets a slot, or is closed by conn_add(): none
 		 * is left unaccounted for, whatever the payload says. */
-		char *p = msg + strlen("CONN ");
+		char *p = msg + (strncmp(msg, "CONN ", 5) == 0 ? 5 : rx.len);
 		strtol(p, &p, 10);
 		for (size_t i = 0; i < rx.nfds; i++) {
 			int id = (int)strtol(p, &p, 10);
@@ -253,11 +255,13 @@ int receive_from_old(struct gen *g)
 		}
 		return send_msg(g->chan, "ACK %zu", rx.nfds);
 	}
-	/* DONE, or EOF: the old generation has nothing more for us. */
+	/* DONE, or EOF, or nonsense (whose fds fdpass_recv closed): either
+	 * way the old generation has nothing more for us. */
 	close(g->chan);
 	g->chan = -1;
 	g->up = UP_NONE;
-	say(&g->n, "the old generation is done: I am the only one serving");
-	return st == FDPASS_OK || st == FDPASS_EOF ? 0 : -1;
+	say(&g->n, "the old generation is done (%s): I am the only one serving",
+	    st == FDPASS_OK ? msg : fdpass_strerror(st));
+	return 0;
 }
 /* end lesson */

@@ -409,6 +409,8 @@ static int on_channel(struct gen *g)
 	if (g->up == UP_TAKING)
 		return receive_from_old(g);
 	char msg[MSG_MAX];
+	if (g->up == UP_DRAINING) /* it has nothing to say now: it went away */
+		return upgrade_failed(g, "the upgrade channel closed while we drained");
 	if (recv_msg(g->chan, msg, sizeof msg, 0) < 0 || strcmp(msg, "READY") != 0)
 		return upgrade_failed(g, "the upgrade channel closed before READY");
 	if (g->up != UP_READY)

@@ -325,6 +325,32 @@ def test_upgrade_channel_refuses_a_stranger(gens):
     g.stop()
 
 
+def test_new_generation_dying_while_the_old_drains(gens):
+    """The old one keeps its listener (unpolled) until DONE: if the new one
+    dies after READY, the old one accepts again, keeps what it still held,
+    and names itself in the pid file again."""
+    g = gens("handoff")
+    g1 = g.master()
+    lst = listener_inode(g1, g.port)
+    with client(g.port) as h:
+        h.sendall(b"GET /half HTTP/1.1\r\n")  # half a request: g1 stays draining
+        os.kill(g1, signal.SIGHUP)
+        g.wait_line(r"generation 2: ready")
+        g.wait_line(r"^\[gen1 \d+\] generation 2 is ready: stopped accepting")
+        g2 = g.master()
+        os.kill(g2, signal.SIGKILL)
+        g.wait_line(r"^\[gen1 \d+\] generation 2 failed")
+        assert g.master() == g1
+        # the same listening socket as before: never closed, never bound again
+        assert lst in socket_inodes(g1).values()
+        with client(g.port) as s:
+            assert request(s, close=True) == (1, g1)
+        h.sendall(b"Host: t\r\n\r\n")
+        buf = h.recv(4096)
+        assert f"served by generation 1 pid {g1}".encode() in buf
+    g.stop()
+
+
 @pytest.mark.parametrize("how", ["exec", "crash"])
 def test_failed_upgrade_leaves_the_old_one_serving(gens, how):
     g = gens("handoff", "--fail-upgrade", how)
@@ -353,6 +379,7 @@ def test_stop_start_refuses_connections_in_the_gap(gens):
             socket.create_connection(("127.0.0.1", g.port), timeout=WAIT).close()
         g.release()
         g.wait_line(r"generation 2: ready")
+        g.wait_line(r"^\[gen1 \d+\] closed 1 idle keep-alive connection")
         # the idle keep-alive connection could not be passed on: closed
         with pytest.raises((EOFError, ConnectionResetError, BrokenPipeError)):
             request(k)
@@ -467,3 +494,15 @@ def test_measure_handoff_loses_nothing_under_load():
     assert row["failed"] == 0 and row["keepalive_reconnects"] == 0, row
     assert row["keepalive_last_generation"] == [4] * 4, row
     check_sanitizer(r.stderr)
+
+
+def test_make_trace_07_shows_the_handoff():
+    """Under strace: the exec of the next generation, the listener in an
+    SCM_RIGHTS message, received with MSG_CMSG_CLOEXEC."""
+    r = subprocess.run(["make", "-s", "trace-07"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert 'execve("/proc/self/exe"' in r.stderr
+    assert re.search(r'sendmsg\(.*"LISTEN \d+".*SCM_RIGHTS', r.stderr)
+    assert re.search(r'recvmsg\(.*"LISTEN \d+".*SCM_RIGHTS.*MSG_CMSG_CLOEXEC', r.stderr)
+    assert "result: " in r.stdout

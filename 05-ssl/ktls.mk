@@ -10,7 +10,7 @@
 # `make test` runs test-ktls when qemu and the kernel can be had, and says in
 # one line what is missing otherwise. With SAN=1 (make check) the guest runs
 # the sanitizer build: the guest is the only place the kTLS code runs.
-.PHONY: need-ktls test-ktls bench-ktls ktls-if-possible
+.PHONY: need-ktls test-ktls bench-ktls ktls-if-possible bench-ktls-if-possible
 KTLS_DIR := build-ktls
 KTLS_KERNEL := $(KTLS_DIR)/kernel
 KTLS_INITRD := $(KTLS_DIR)/initramfs.cpio.gz
@@ -33,11 +33,17 @@ bench-ktls: all need-ktls $(KTLS_INITRD)
 	@py=$$($(NEED) python) && $$py tests/ktls/guest.py --timeout 400 \
 	    $(KTLS_KERNEL) $(KTLS_INITRD) bench
 
-# What `make test` calls: the guest when it can be had, one line when not.
+# What `make test` calls (and `make bench` may: bench-ktls-if-possible): the
+# guest when it can be had, one line naming what is missing when not.
+define ktls_maybe
+if why=$$($(MAKE) -s --no-print-directory need-ktls 2>&1 >/dev/null); then \
+    $(MAKE) --no-print-directory $(1); \
+else echo "make: kernel TLS $(2) not run (no guest): $$why" | head -n 1; fi
+endef
 ktls-if-possible:
-	@if why=$$($(MAKE) -s --no-print-directory need-ktls 2>&1 >/dev/null); then \
-	    $(MAKE) --no-print-directory test-ktls; \
-	else echo "make test: kernel TLS tests not run (no guest): $$why" | head -n 1; fi
+	@$(call ktls_maybe,test-ktls,tests)
+bench-ktls-if-possible:
+	@$(call ktls_maybe,bench-ktls,bench)
 
 # The bulk-send comparison (machinery, not a lesson): built with the stage.
 KTLS_BENCH_SRC := 05-ssl/ktls_bench.c 05-ssl/record.c 05-ssl/handoff_state.c 05-ssl/tls_export.c \

@@ -30,6 +30,7 @@
 #include <sys/resource.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -69,6 +70,15 @@ static double cpu_self(void)
 	       (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
+/* Every read and write on fd gives up after a while (EAGAIN): nothing here
+ * waits forever on a peer that died. */
+static void set_timeouts(int fd)
+{
+	struct timeval tv = { .tv_sec = WAIT_MS / 1000 * 3 };
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
 /* ---- the client --------------------------------------------------------- */
 
 /* Child: reads until close_notify; exits 0 only if exactly `size` bytes came. */
@@ -76,6 +86,8 @@ static _Noreturn void client(int port, const char *suite, size_t size)
 {
 	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
 	int fd = connect_loopback(port);
+	if (fd >= 0)
+		set_timeouts(fd);
 	if (!ctx || fd < 0 || !SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) ||
 	    !SSL_CTX_set_ciphersuites(ctx, suite))
 		_exit(3);
@@ -196,7 +208,10 @@ static void measure(int method, SSL_CTX *ctx, const char *suite, const char *pat
 	pid_t pid = fork();
 	if (pid == 0)
 		client(port, suite, size);
-	int conn = pid < 0 ? -1 : accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+	/* Bounded: a client that died before connecting must not hang us. */
+	int conn = pid > 0 && wait_readable(lfd, WAIT_MS) == 1 ? accept4(lfd, NULL, NULL, SOCK_CLOEXEC) : -1;
+	if (conn >= 0)
+		set_timeouts(conn);
 	struct tlsx_capture cap = { 0 };
 	SSL *ssl = conn < 0 ? NULL : SSL_new(ctx);
 	if (ssl) {

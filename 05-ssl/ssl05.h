@@ -103,8 +103,10 @@ void worker_record_loop(struct tls13 *t);
 
 /* ---- worker_ktls.c ------------------------------------------------------ */
 
-/* Tries to install the session in the kernel and serve through it: 1 if it
- * did (the connection is over), 0 if the install failed (use the record loop). */
+/* Tries to install the session in the kernel and serve through it: 1 when
+ * the connection is over (served, or closed because the install failed after
+ * TCP_ULP was attached), 0 if TCP_ULP was refused and the socket is untouched
+ * (use the record loop). t->conn stays the caller's. */
 int worker_ktls(struct tls13 *t);
 
 /* ---- pool.c: the pre-forked workers ------------------------------------- */

@@ -147,9 +147,10 @@ int worker_ktls(struct tls13 *t)
 	}
 	if (s == KTLS_BROKEN) {
 		/* No fallback: the kernel may already seal what is written. */
+		int e = errno;
 		say(n, "kernel TLS half installed (%s (%s)): closing the connection, "
-		       "never my own records on it", strerrorname_np(errno), strerror(errno));
-		ev(n, "ktls", NULL, "installed=0 errno=%s", strerrorname_np(errno));
+		       "never my own records on it", strerrorname_np(e), strerror(e));
+		ev(n, "ktls", NULL, "installed=0 errno=%s", strerrorname_np(e));
 		return 1;
 	}
 	say(n, "kernel TLS installed: the kernel now holds the session; plain read and write from here");

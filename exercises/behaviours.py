@@ -1,0 +1,117 @@
+"""behaviours.py - what each exercise runs, and what each of its tests
+checks, in a student's words (exercises/grade.py prints these sentences for
+the tests that fail).
+
+An exercise: `dir` (its folder under exercises/), `file` (the stage file the
+student's copy stands in for), `targets` (the binaries its tests run),
+`tests` (rounds of pytest node ids: a round runs when every earlier one
+passed, so the quick tests come first) and `behaviours`, a list of (regex, sentence);
+a test's sentence is that of the first regex that matches its id,
+`tests/FILE.py::NAME[PARAMS]`. `grade.py NN --list` shows every test with
+its sentence (tests/test_exercises.py checks that none is without one).
+"""
+
+T03 = "tests/test_03_scm_rights.py::"
+I03 = "tests/test_03_interop.py::"
+T04 = "tests/test_04_dup_race.py::"
+T06 = "tests/test_06_prefork_server.py::"
+H06 = "tests/test_06_hardening.py::"
+T07 = "tests/test_07_hot_restart.py::"
+
+EX03 = {
+    "dir": "03-fdpass",
+    "file": "03-scm-rights/fdpass.c",
+    "targets": ["03-scm-rights/scm_rights", "03-scm-rights/fdpass_test"],
+    "tests": [[T03 + "test_fdpass_unit"] + [T03 + t for t in (
+        "test_socket_same_file_different_number",
+        "test_received_socket_does_not_survive_exec",
+        "test_no_cloexec_leaks_into_exec",
+        "test_file_offset_and_status_flags_are_shared",
+        "test_pipe_write_end_works_in_the_worker",
+        "test_zero_byte_on_stream_never_arrives",
+        "test_zero_byte_on_seqpacket_arrives",
+        "test_small_control_truncates_and_closes_everything",
+        "test_classic_receiver_leaks_what_fdpass_recv_closes",
+        "test_serve_worker_holds_the_connection_parent_does_not",
+        "test_serve_echoes_bytes_as_they_came",
+        "test_serve_many_clients_at_once",
+    )], [I03 + t for t in (
+        "test_no_descriptor_in_message",
+        "test_more_descriptors_than_allowed",
+        "test_control_data_truncated",
+        "test_two_descriptors_to_a_receiver_built_for_one",
+        "test_253_descriptors_in_one_message",
+        "test_messages_one_after_another_on_one_connection",
+        "test_peer_disconnects_right_after_sending",
+        "test_peer_sends_its_own_end_of_the_connection",
+        "test_large_payload_with_one_descriptor",
+        "test_directory",
+        "test_regular_file_and_its_first_line",
+        "test_socket",
+        "test_other_kind_eventfd",
+        "test_mixed_message_in_order",
+        "test_every_hostile_case_in_a_row",
+        "test_receiver_at_its_descriptor_limit",
+        "test_no_descriptor_in_a_long_blob_is_one_error",
+        "test_python_send_fds_to_recv",
+        "test_send_to_python_recv_fds",
+    )]],
+    "behaviours": [
+        (r"unit\[send_count\.", "fdpass_send must refuse 0 descriptors and more than 253 "
+         "(FDPASS_ECOUNT), and send 1 to 253 in one message that fdpass_recv receives whole"),
+        (r"unit\[kernel_scm_max_fd\.", "253 descriptors (SCM_MAX_FD) must travel in one message"),
+        (r"unit\[empty_payload\.", "a 0-byte message with a descriptor must arrive on seqpacket and "
+         "datagram sockets (on a stream socket fdpass_send refuses it)"),
+        (r"unit\[cloexec\.", "a received descriptor must be close-on-exec (MSG_CMSG_CLOEXEC), and "
+         "not when the caller asked for FDPASS_NO_CLOEXEC"),
+        (r"unit\[too_many\.", "one descriptor more than the caller allowed (it fits in the padding "
+         "of CMSG_SPACE) must be counted from cmsg_len, refused (FDPASS_ETOOMANY) and closed"),
+        (r"unit\[ctrunc\.", "a message whose control data was truncated (MSG_CTRUNC) must be "
+         "refused (FDPASS_ECTRUNC) and every descriptor it carried closed"),
+        (r"unit\[no_fd\.", "a message without a descriptor is a message (FDPASS_OK, 0 "
+         "descriptors), and FDPASS_ENOFD when the caller asked for FDPASS_NEED_FD"),
+        (r"unit\[eof_is_not_no_fd\.", "the peer's end-of-stream must be FDPASS_EOF, not a "
+         "message without a descriptor"),
+        (r"unit\[foreign_cmsg\.", "a control message that is not SCM_RIGHTS (SCM_CREDENTIALS) must "
+         "be refused (FDPASS_ECMSG) and the descriptors that came with it closed"),
+        (r"unit\[peer_gone\.", "sending to a peer that is gone must be an error (EPIPE), not a "
+         "SIGPIPE that kills the sender (MSG_NOSIGNAL)"),
+        (r"unit\[large_payload\.", "a payload larger than the socket takes at once: a short send "
+         "is told with its byte count (FDPASS_ESHORT), an oversized message is EMSGSIZE"),
+        (r"unit\[misuse\.", "a caller's mistake (NULL buffer, no room) is FDPASS_EINVAL, before "
+         "any system call"),
+        (r"unit\[nonblocking\.", "on a non-blocking socket with nothing to receive, or no room "
+         "to send, the answer is FDPASS_EAGAIN and no descriptor moves"),
+        (r"unit\[pidfd_cmsg\.", "an SCM_PIDFD control message (SO_PASSPIDFD) must be refused as "
+         "foreign, and its pidfd closed too"),
+        (r"unit\[eintr\.", "a signal that interrupts recvmsg must not end the wait: retry on EINTR"),
+        (r"socket_same_file_different_number|pipe_write_end|file_offset_and_status",
+         "the worker must receive the same open file (same inode) under a number of its own"),
+        (r"does_not_survive_exec|no_cloexec_leaks", "a received socket must not survive an exec "
+         "(MSG_CMSG_CLOEXEC), and must with --no-cloexec"),
+        (r"zero_byte_on_stream", "a 0-byte sendmsg on a stream socket sends no descriptor: the "
+         "demo's --zero-byte must show nothing arriving"),
+        (r"zero_byte_on_seqpacket", "a 0-byte message on a seqpacket socket carries its descriptor"),
+        (r"small_control|control_data_truncated", "a message whose control data was truncated "
+         "(MSG_CTRUNC) must close every descriptor it carried"),
+        (r"classic_receiver|built_for_one|more_descriptors_than_allowed",
+         "more descriptors than the receiver allowed must all be closed, not leaked"),
+        (r"test_serve_", "--serve: the worker must get each client's connection (close-on-exec) "
+         "and echo what the client sent"),
+        (r"no_descriptor_in", "a message without a descriptor where one is needed must be refused "
+         "as one error"),
+        (r"253_descriptors", "253 descriptors (SCM_MAX_FD) must travel in one message"),
+        (r"one_after_another|mixed_message|every_hostile_case",
+         "message after message on one connection, every descriptor received or closed"),
+        (r"peer_disconnects|peer_sends_its_own_end",
+         "a sender that goes away right after sending must not lose or leak a descriptor"),
+        (r"large_payload_with_one", "a descriptor with a large payload arrives with its first bytes"),
+        (r"test_directory|regular_file|test_socket\b|other_kind_eventfd",
+         "any kind of open file (directory, file, socket, eventfd) must arrive as itself"),
+        (r"descriptor_limit", "a receiver at its descriptor limit (RLIMIT_NOFILE) must not leak"),
+        (r"python_send_fds_to_recv|send_to_python_recv_fds",
+         "descriptors must pass both ways with another program (Python's send_fds/recv_fds)"),
+    ],
+}
+
+EXERCISES = {"03": EX03}

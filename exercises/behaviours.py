@@ -114,4 +114,43 @@ EX03 = {
     ],
 }
 
-EXERCISES = {"03": EX03}
+POLLERS = ("select", "poll", "epoll")
+EX04 = {
+    "dir": "04-hand-off",
+    "file": "04-dup-race/dup_race.c",
+    "targets": ["04-dup-race/dup_race"],
+    "tests": [
+        [T04 + "test_epoll_fix_is_epoll_ctl_del_before_close",
+         T04 + "test_demo_runs_three_modes_and_prints_the_table"]
+        + [T04 + f"test_children_hold_only_what_they_should[fixed-{p}-0]" for p in POLLERS]
+        + [T04 + "test_children_hold_only_what_they_should[fixed-select-1]"],
+        [T04 + f"test_matrix[fixed-{p}-{d}]" for p in POLLERS for d in ("nodup", "child-dup")]
+        + [T04 + f"test_child_dup_changes_no_outcome[fixed-{p}]" for p in POLLERS]
+        + [T04 + "test_serve_worker_holds_only_the_connection_it_serves[fixed]",
+           T04 + "test_parent_keeps_the_duplicate_and_the_client_sees_no_eof[fixed-False]"]
+        + [T04 + f"test_stress_fixed_loses_nothing[{p}]" for p in POLLERS],
+    ],
+    "behaviours": [
+        (r"epoll_fix", "under epoll the connection must leave the interest list (EPOLL_CTL_DEL) "
+         "before it is sent and closed: the trace shows unwatch, sendmsg, close for each one"),
+        (r"three_modes", "in the demo's table, --mode fixed must lose no byte, keep no descriptor "
+         "and see no stale event"),
+        (r"children_hold.*-1\]", "with --child-dup too, the worker must hold the connection it "
+         "serves and nothing of the parent's"),
+        (r"children_hold", "the worker must hold exactly the connection it serves (its inode), "
+         "under select, poll and epoll"),
+        (r"matrix\[fixed-(\w+)-nodup", r"under , every byte a client sends must reach the worker "
+         "(none read by the parent), in the demo and with --serve"),
+        (r"matrix\[fixed-(\w+)-child-dup", r"under  with --child-dup, every byte must still "
+         "reach the worker"),
+        (r"child_dup_changes_no_outcome", "the worker's dup (--child-dup) must change no outcome"),
+        (r"serve_worker_holds_only", "--serve: the worker must hold only the connection it serves, "
+         "no earlier client's"),
+        (r"parent_keeps_the_duplicate", "the parent must keep no copy: once the worker has replied "
+         "and closed, the client sees end-of-file"),
+        (r"stress_fixed_loses_nothing\[(\w+)\]", r"under , 1000 connections at natural timing: "
+         "nothing stolen, nothing stale, no descriptor growth"),
+    ],
+}
+
+EXERCISES = {"03": EX03, "04": EX04}

@@ -153,4 +153,84 @@ EX04 = {
     ],
 }
 
-EXERCISES = {"03": EX03, "04": EX04}
+EX06 = {
+    "dir": "06-ack-redispatch",
+    "file": "06-prefork-server/handoff_server.c",
+    "targets": ["06-prefork-server/handoff_server"],
+    "tests": [
+        [T06 + "test_demo_crash_before_ack_is_redispatched",
+         T06 + "test_curl_every_model[handoff]",
+         T06 + "test_die_before_ack_client_still_gets_200"],
+        [T06 + "test_batch_with_a_crash_every_unacked_descriptor_is_redispatched",
+         T06 + "test_http10_closes_unless_asked_to_keep_alive",
+         T06 + "test_dispatcher_descriptors_do_not_grow",
+         H06 + "test_every_worker_holds_its_channel_and_its_connections_and_nothing_else",
+         T06 + "test_sigkill_idle_worker_is_respawned",
+         T06 + "test_sigterm_lets_a_worker_finish_a_request_in_progress[handoff]",
+         T06 + "test_wrk_every_model[keep-alive-handoff]",
+         T06 + "test_wrk_every_model[close-handoff]",
+         T06 + "test_chaos_sigkill_workers_under_load",
+         T06 + "test_tls_die_before_ack_redispatches_with_the_state",
+         T06 + "test_tls_burst_with_a_crash_every_state_travels"],
+    ],
+    "behaviours": [
+        (r"demo_crash_before_ack.*\[None\]", "the demo: each acknowledged connection's copy is "
+         "closed in the dispatcher, and every client is served"),
+        (r"demo_crash_before_ack", "the demo with a worker that dies before its ack: the "
+         "connection goes to another worker, and its client is served"),
+        (r"curl_every_model", "curl gets its answer from a worker, and the connection ends when "
+         "the worker closes it (the dispatcher's copy was closed at the ack)"),
+        (r"die_before_ack_client", "--die-before-ack: the client of the connection whose worker "
+         "died before acknowledging still gets 200"),
+        (r"batch_with_a_crash", "a worker that dies holding a batch it never acknowledged: every "
+         "one of those connections is dispatched again, to another worker, and served"),
+        (r"http10_closes", "a connection the worker closes must end for the client: the "
+         "dispatcher keeps no copy after the ack"),
+        (r"descriptors_do_not_grow", "the dispatcher's descriptors must not grow with the "
+         "connections it served: every acknowledged copy is closed"),
+        (r"holds_its_channel", "the dispatcher must hold no copy of a connection a worker "
+         "acknowledged"),
+        (r"sigkill_idle_worker", "an idle worker killed (SIGKILL) is replaced, and the server "
+         "goes on serving"),
+        (r"sigterm_lets_a_worker_finish", "SIGTERM: a request in progress is finished, and the "
+         "server exits cleanly"),
+        (r"wrk_every_model", "under load (wrk), keep-alive and close, every request is answered "
+         "without an error"),
+        (r"chaos_sigkill", "workers killed at random under load: no client loses its connection"),
+        (r"tls_die_before_ack|tls_burst_with_a_crash", "--tls: a connection re-dispatched after "
+         "a worker's death travels with its session state, and is served"),
+    ],
+}
+
+EX07 = {
+    "dir": "07-listener-handover",
+    "file": "07-hot-restart/hot_restart.c",
+    "targets": ["07-hot-restart/hot_restart"],
+    "tests": [
+        [T07 + "test_demo_every_request_answered_keepalive_reaches_generation_3",
+         T07 + "test_handoff_passes_exactly_the_listener_and_idle_connections"],
+        [T07 + "test_connections_queued_during_the_upgrade_are_not_lost",
+         T07 + "test_new_generation_dying_while_the_old_drains",
+         T07 + "test_sighup_during_an_upgrade_is_refused",
+         T07 + "test_upgrade_channel_refuses_a_stranger",
+         T07 + "test_demo_failed_upgrade_loses_nothing",
+         T07 + "test_failed_upgrade_leaves_the_old_one_serving"],
+    ],
+    "behaviours": [
+        (r"demo_every_request_answered", "the demo: two upgrades, every request answered, and "
+         "the keep-alive connection served by generation 3 in the end"),
+        (r"passes_exactly_the_listener", "the new generation must hold the old one's listening "
+         "socket (the same inode, never bound again) and the idle connections, and serve them"),
+        (r"queued_during_the_upgrade", "connections that wait in the listen queue during the "
+         "upgrade must all be served: the queue is the one socket both generations hold"),
+        (r"dying_while_the_old_drains", "a new generation that dies while the old one drains: "
+         "nothing is lost"),
+        (r"sighup_during_an_upgrade", "a second SIGHUP during an upgrade is refused, and the "
+         "upgrade still completes"),
+        (r"refuses_a_stranger", "a stranger that connects to the upgrade channel gets nothing"),
+        (r"failed_upgrade", "an upgrade that fails (--fail-upgrade exec or crash) leaves the old "
+         "generation serving, and loses nothing"),
+    ],
+}
+
+EXERCISES = {"03": EX03, "04": EX04, "06": EX06, "07": EX07}

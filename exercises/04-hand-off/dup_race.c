@@ -64,7 +64,6 @@
  */
 static void on_accept(struct parent *p)
 {
-	/* lesson: dup_race_accept */
 	int c = accept4(p->lfd, NULL, NULL, SOCK_CLOEXEC);
 	if (c < 0) {
 		if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED)
@@ -93,7 +92,6 @@ static void on_accept(struct parent *p)
 	    poller_names[p->c->poller]);
 	p->pend_fd[p->npend] = c;
 	p->pend_id[p->npend++] = id;
-	/* end lesson */
 }
 
 /* send_to_worker: sends fd (and the connection id) to the worker; fd stays
@@ -124,14 +122,11 @@ static void hand_off(struct parent *p, int c, int id)
 	}
 	const char *poller = poller_names[p->c->poller];
 	switch (p->c->mode) {
-	/* lesson: hand_off_naive */
 	case NAIVE:
 		send_to_worker(p, c, id);
 		say(p->n, "sendmsg(fd %d) to the worker; fd %d stays open and in my %s set", c, c,
 		    poller);
 		break;
-	/* end lesson */
-	/* lesson: hand_off_article */
 	case ARTICLE: {
 		int d = dup(c);
 		if (d < 0)
@@ -160,7 +155,6 @@ static void hand_off(struct parent *p, int c, int id)
 		    how, d);
 		break;
 	}
-	/* end lesson */
 	case FIXED:
 		/* TODO(hand_off_fixed): send connection c (number id) to the worker
 		 * (send_to_worker) so that nothing in this loop ever reads it again,
@@ -205,7 +199,6 @@ static void on_conn_event(struct parent *p, const struct hit *h)
 		watch_del(&p->w, h->fd);
 		return;
 	}
-	/* lesson: dup_race_steal */
 	/* An event about a number I closed, or for another connection than the
 	 * one now behind it. (Under epoll: the registration is keyed on the
 	 * number *and* the open file description, and the description lives on
@@ -251,7 +244,6 @@ static void on_conn_event(struct parent *p, const struct hit *h)
 		close_watched(&p->w, h->fd);
 		set_owner(p, h->fd, 0);
 	}
-	/* end lesson */
 }
 
 /*
@@ -312,7 +304,6 @@ int worker(struct nar *n, const struct cfg *c, int chan, int hold_r)
 			return 0; /* the parent is done with us */
 		int32_t conn = 0;
 		int fds[1];
-		/* lesson: dup_race_worker */
 		struct fdpass_rx rx = { .buf = &conn, .cap = sizeof conn, .fds = fds, .max_fds = 1,
 					.flags = FDPASS_NEED_FD };
 		int st = fdpass_recv(chan, &rx);
@@ -338,7 +329,6 @@ int worker(struct nar *n, const struct cfg *c, int chan, int hold_r)
 		}
 		int timed_out;
 		long got = read_to_eof(c->poller, fd, WAIT_MS, &timed_out);
-		/* end lesson */
 		if (got < 0)
 			die("worker: epoll_create1/epoll_ctl");
 		if (timed_out)

@@ -139,16 +139,16 @@ EX04 = {
          "serves and nothing of the parent's"),
         (r"children_hold", "the worker must hold exactly the connection it serves (its inode), "
          "under select, poll and epoll"),
-        (r"matrix\[fixed-(\w+)-nodup", r"under , every byte a client sends must reach the worker "
+        (r"matrix\[fixed-(\w+)-nodup", r"under \1, every byte a client sends must reach the worker "
          "(none read by the parent), in the demo and with --serve"),
-        (r"matrix\[fixed-(\w+)-child-dup", r"under  with --child-dup, every byte must still "
+        (r"matrix\[fixed-(\w+)-child-dup", r"under \1 with --child-dup, every byte must still "
          "reach the worker"),
         (r"child_dup_changes_no_outcome", "the worker's dup (--child-dup) must change no outcome"),
         (r"serve_worker_holds_only", "--serve: the worker must hold only the connection it serves, "
          "no earlier client's"),
         (r"parent_keeps_the_duplicate", "the parent must keep no copy: once the worker has replied "
          "and closed, the client sees end-of-file"),
-        (r"stress_fixed_loses_nothing\[(\w+)\]", r"under , 1000 connections at natural timing: "
+        (r"stress_fixed_loses_nothing\[(\w+)\]", r"under \1, 1000 connections at natural timing: "
          "nothing stolen, nothing stale, no descriptor growth"),
     ],
 }

@@ -37,6 +37,17 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCE_SUFFIXES = (".c", ".h", ".mk", ".sh")
 
 
+def python_with_pytest():
+    """This interpreter if it has pytest, else the one common/need.sh finds
+    (or installs): `make exercise-NN` starts us with that one already."""
+    try:
+        import pytest  # noqa: F401
+        return sys.executable
+    except ImportError:
+        r = subprocess.run([str(ROOT / "common" / "need.sh"), "python"], capture_output=True, text=True)
+        return r.stdout.strip() or sys.executable
+
+
 def link_tree(tree, swap_from, swap_to):
     """Fill `tree` with links to the repository's Makefile and the sources of
     common/ and every stage folder; `swap_from` (a path relative to the
@@ -78,8 +89,9 @@ def sentence_of(ex, test_id):
     """The behaviour a test checks: the first pattern of the exercise's table
     that matches `file::name[params]`."""
     for pattern, sentence in ex["behaviours"]:
-        if re.search(pattern, test_id):
-            return sentence
+        m = re.search(pattern, test_id)
+        if m:
+            return m.expand(sentence)  # \\1: what the pattern's group matched
     return None
 
 
@@ -107,9 +119,11 @@ def main(argv):
     ex = EXERCISES.get(a.nn)
     if ex is None:
         ap.error(f"no exercise {a.nn!r}: there are {', '.join(sorted(EXERCISES))}")
+    py = python_with_pytest()
     if a.list:
-        cmd = [sys.executable, "-m", "pytest", "-q", "--co", "-p", "no:cacheprovider", "--rootdir", str(ROOT)]
-        r = subprocess.run(cmd + [t for tests in ex["tests"] for t in tests], cwd=ROOT, capture_output=True, text=True,
+        cmd = [py, "-m", "pytest", "-q", "--co", "-p", "no:cacheprovider",
+               "--rootdir", str(ROOT)] + [t for tests in ex["tests"] for t in tests]
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                            env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
         ids = [l for l in r.stdout.splitlines() if "::" in l]
         for test_id in ids:
@@ -142,7 +156,8 @@ def main(argv):
             untried += len(tests)
             continue
         junit = tree / f"pytest-{k}.xml"
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}",
+        junit.unlink(missing_ok=True)  # a report of an earlier run must not pass for this one
+        cmd = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}",
                "-o", "junit_family=xunit1", "--rootdir", str(ROOT)] + (["-x"] if a.first else [])
         with open(log, "a") as f:
             r = subprocess.run(cmd + tests, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
@@ -170,6 +185,7 @@ def main(argv):
         print(f"(then {untried} more tests, once these pass)")
     print(f"(pytest's own report: {log.relative_to(ROOT)})")
     return 1
+
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -153,7 +153,7 @@ def main(argv):
     log.write_text("")
     for k, tests in enumerate(ex["tests"]):
         if any(res == "failed" for res in verdict.values()):
-            untried += len(tests)
+            untried += 1
             continue
         junit = tree / f"pytest-{k}.xml"
         junit.unlink(missing_ok=True)  # a report of an earlier run must not pass for this one
@@ -182,7 +182,7 @@ def main(argv):
     for s in failing:
         print(f"  - {s}")
     if untried:
-        print(f"(then {untried} more tests, once these pass)")
+        print(f"(then {untried} more round{'s' if untried > 1 else ''} of tests, once these pass)")
     print(f"(pytest's own report: {log.relative_to(ROOT)})")
     return 1
 

@@ -50,20 +50,25 @@ def _story(r, role):
     return [re.sub(r"\d{3,}", "N", l) for l in r.narration(role)]
 
 
-def test_demo_what_is_fixed_in_every_run():
+def test_demo_what_is_fixed_in_every_run(tmp_path):
     """What the README promises: each process tells the same lines in the
     same order in every run, and the steps forced by the pipe come in order
     on stdout (one write(2) per line, so stdout order is the order of the
     writes): the client sends only after the parent closed its copy, and
     looks for end-of-file only after the parent saw the child exit."""
-    runs = [run(PROG) for _ in range(3)]
+    runs, traces = [], []
+    for i in range(3):
+        runs.append(run(PROG, "--trace", tmp_path / f"t{i}.jsonl"))
+        traces.append(read_trace(tmp_path / f"t{i}.jsonl"))
     for role in ("parent", "worker", "client", "child"):
         stories = [_story(r, role) for r in runs]
         assert stories[0] and all(s == stories[0] for s in stories), role
-    for r in runs:
-        at = lambda pat: next(i for i, l in enumerate(r.lines) if re.search(pat, l))
-        assert at(r"^\[parent \d+\] close\(fd 4\)") < at(r"^\[client \d+\] sent ")
-        assert at(r"^\[parent \d+\] child \d+ exited") < at(r"^\[client \d+\] read\(\) -> 0")
+    for r, t in zip(runs, traces):
+        # the trace is appended in the order things happened (O_APPEND)
+        at = lambda role, event: next(i for i, e in enumerate(t) if e["role"] == role and e["event"] == event)
+        assert at("parent", "close") < at("client", "send")
+        line = lambda pat: next(i for i, l in enumerate(r.lines) if re.search(pat, l))
+        assert line(r"^\[parent \d+\] child \d+ exited") < line(r"^\[client \d+\] read\(\) -> 0")
 
 
 def test_demo_worker_forked_before_accept_has_no_descriptor(tmp_path):

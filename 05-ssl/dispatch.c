@@ -11,12 +11,17 @@
  * while the parent serves it. At most MAX_CONNS connections are in the
  * parent's hands at once; more wait in the listen backlog.
  *
+ * --route-by-sni (before-handshake): a connection first waits here, up to
+ * IDLE_MS, until its ClientHello can be read with MSG_PEEK (peek_route());
+ * then it goes to the worker its server_name names, untouched.
+ *
  * The narrated demo handles its one connection with parent_handle(): the
  * same steps on a blocking socket, each read bounded by SO_RCVTIMEO.
  *
  * Run it: ./ssl_handoff --serve --mode after-handshake [--port N]
  * See also: poll(2), SSL_get_error(3) (SSL_ERROR_WANT_READ), SSL_want(3),
- * socket(7) SO_RCVTIMEO, ssl_handoff.c (the lesson).
+ * recv(2) MSG_PEEK, socket(7) SO_RCVTIMEO and SO_RCVLOWAT, sni.h,
+ * ssl_handoff.c (the lesson).
  */
 #define _GNU_SOURCE
 #include "../common/cli.h"

@@ -1058,3 +1058,28 @@ def test_read_ahead_demo_visibly_fails_closed(tmp_path):
     assert not events(t, "parent", "handoff") and not events(t, "worker", "received")
     replies = [l for l in r.narration("client") if "got back" in l]
     assert len(replies) == 2 and all("got back \"[parent " in l for l in replies)
+
+
+def test_a_kept_connection_that_does_not_read_is_dropped(serve, tmp_path):
+    """--read-ahead makes the parent keep the connection. A client that sends
+    lines and never reads the replies fills its socket buffers; the parent's
+    SSL_write then cannot finish, and the parent drops it rather than wait
+    (it serves everyone from one loop), and goes on serving others."""
+    trace = tmp_path / "t.jsonl"
+    s = serve(PROG, "--mode", "after-handshake", "--read-ahead", "--trace", trace)
+    c = RawTLS(s.port)
+    try:
+        c.sock.sendall(c.record(b"one\n") + c.record(b"two\n"))  # refused: the parent keeps it
+        assert c.readline().startswith(f"[parent {s.pid}] ONE")
+        lines = (b"x" * 1000 + b"\n") * 16  # 16 lines per record
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):  # the parent let go (not a timeout)
+            for _ in range(100000):  # 1.6 GB at most; the buffers hold a few MB
+                c.sock.sendall(c.record(lines))
+    finally:
+        c.close()
+    s.wait_line(r"^\[parent \d+\] the client does not read its replies: closing the connection")
+    with connect(s.port, client_ctx()) as tls:  # the parent goes on
+        assert Lines(tls).ask("still there?")[:2] == ("parent", s.pid)
+        tls.unwrap().close()
+    s.stop()
+    assert [e["reason"] for e in events(read_trace(trace), "parent", "ended")] == ["not_reading"]

@@ -274,3 +274,57 @@ def test_tls_silent_handshakes_do_not_lock_out_other_clients(serve):
             for x in silent:
                 x.close()
         s.stop()
+
+
+def _expand_label(hash_alg, secret, label, length):
+    """RFC 8446 7.1 HKDF-Expand-Label (written from the RFC, with the
+    cryptography package: independent of the record layer under test)."""
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
+    full = b"tls13 " + label
+    info = length.to_bytes(2, "big") + bytes([len(full)]) + full + b"\x00"
+    return HKDFExpand(hash_alg, length, info).derive(secret)
+
+
+def test_tls_key_update_flood_is_cut_off_and_does_not_starve_another_client(serve, tmp_path):
+    """A client sends 40 KeyUpdates in a row (each moves its key on, none
+    carries data). Past 32 records without data the worker's record layer
+    calls it unexpected_message: the worker sends that alert, closes the
+    connection, and meanwhile answers another client on the same worker."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    s = serve(PROG, "--workers", "1", "--tls")
+    keylog = tmp_path / "keylog"
+    with tls_connect(s.port, tls_context(keylog=keylog), timeout=QUICK) as c:
+        suite = c.cipher()[0]
+        assert suite in ("TLS_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256"), suite
+        alg, klen = (hashes.SHA384(), 32) if "SHA384" in suite else (hashes.SHA256(), 16)
+        c.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")  # client record 0: the session is the worker's
+        assert tls_response(c, bytearray())[0] == 200
+        keys = {f[0]: f[2] for f in (l.split() for l in keylog.read_text().splitlines()) if len(f) == 3}
+        secret, seq, flood = bytes.fromhex(keys["CLIENT_TRAFFIC_SECRET_0"]), 1, b""
+        for _ in range(40):
+            key, iv = _expand_label(alg, secret, b"key", klen), _expand_label(alg, secret, b"iv", 12)
+            inner = bytes([24, 0, 0, 1, 0, 22])  # KeyUpdate, update_not_requested; type handshake
+            header = bytes([23, 3, 3]) + (len(inner) + 16).to_bytes(2, "big")
+            nonce = (int.from_bytes(iv, "big") ^ seq).to_bytes(12, "big")
+            flood += header + AESGCM(key).encrypt(nonce, inner, header)
+            secret, seq = _expand_label(alg, secret, b"traffic upd", alg.digest_size), 0
+        raw_sock = socket.socket(fileno=os.dup(c.fileno()))
+        try:
+            raw_sock.settimeout(QUICK)
+            raw_sock.sendall(flood)
+            assert tls_get(s.port)[0] == 200  # the other client, same worker
+            # the alert record, then EOF: the server's key never changed (our
+            # KeyUpdates did not ask it to); its records so far: 2 tickets, 1 answer
+            got = until_eof(raw_sock)
+            server = bytes.fromhex(keys["SERVER_TRAFFIC_SECRET_0"])
+            key, iv = _expand_label(alg, server, b"key", klen), _expand_label(alg, server, b"iv", 12)
+            assert len(got) >= 5 and got[0] == 23
+            n = int.from_bytes(got[3:5], "big")
+            nonce = (int.from_bytes(iv, "big") ^ 3).to_bytes(12, "big")
+            inner = AESGCM(key).decrypt(nonce, got[5 : 5 + n], got[:5])
+            assert inner == bytes([2, 10, 21])  # fatal unexpected_message, type alert
+        finally:
+            raw_sock.close()

@@ -137,13 +137,15 @@ static int upgrade(struct demo *d, int k)
 	if (read_line(d->notify, line, sizeof line, WAIT_MS) <= 0)
 		return -1;
 	if (strncmp(line, "failed", 6) == 0) {
-		say(&d->n, "generation %d never became ready; generation %d still serves", g + 1, g);
+		say(&d->n, "generation %d never became ready; generation %d still serves", g + 1,
+		    g);
 		int r1 = finish_get(d, h, "Host: 127.0.0.1\r\n\r\n", "H");
 		close(h);
 		return r1 == g && get(d, k, "K", 0) == g ? 0 : -1;
 	}
 	if (sscanf(line, "ready %d %d %d", &ng, &npid, &port) != 3 ||
-	    await(d, "handing", line, sizeof line) < 0 || await(d, "draining", line, sizeof line) < 0)
+	    await(d, "handing", line, sizeof line) < 0 ||
+	    await(d, "draining", line, sizeof line) < 0)
 		return -1;
 	/* M: a new connection while the old one is still draining. */
 	int m = connect_or_die(d, "M");
@@ -188,7 +190,8 @@ int run_demo(const char *trace, int mermaid, int fail)
 	if (await(&d, "ready", line, sizeof line) < 0 ||
 	    sscanf(line, "ready %d %d %d", &g1, &d.master, &d.port) != 3)
 		die("generation 1 did not start");
-	say(&d.n, "generation 1 is pid %d on port %d; conn K stays open all along", d.master, d.port);
+	say(&d.n, "generation 1 is pid %d on port %d; conn K stays open all along", d.master,
+	    d.port);
 	int k = connect_or_die(&d, "K");
 	int ok = get(&d, k, "K", 0) == 1;
 	int upgrades = 0, failed = 0;

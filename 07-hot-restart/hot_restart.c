@@ -28,10 +28,11 @@
  *      travels with it), finishes the busy ones and hands them over too,
  *      then says DONE and exits (old_stops_accepting, hand_over_conns).
  *
- * Article: the article passes connections from a dispatcher to workers; here
- * the same sendmsg(2) passes a listener and connections from one version of
- * the program to the next (nginx's binary upgrade, HAProxy's -x, Envoy's
- * hot restart, Facebook's Socket Takeover) - see README.md.
+ * Article: Q2's three steps (sendmsg with SCM_RIGHTS, recvmsg, close the
+ * sender's copy), used beyond the article's product: not from a dispatcher
+ * to a worker, but from one version of the program to the next, as nginx's
+ * binary upgrade, HAProxy's -x, Envoy's hot restart and Facebook's Socket
+ * Takeover do (README.md, "Why").
  * See also: unix(7) (SCM_RIGHTS, SO_PEERCRED), sendmsg(2), recvmsg(2),
  * socket(7), listen(2), ../03-scm-rights/fdpass.h.
  */

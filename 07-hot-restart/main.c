@@ -93,7 +93,8 @@ int main(int argc, char **argv)
 			continue;
 		switch (c) {
 		case OPT_STRATEGY:
-			g.strategy = (enum strategy)parse_choice("--strategy", optarg, strategy_names);
+			g.strategy =
+				(enum strategy)parse_choice("--strategy", optarg, strategy_names);
 			strategy_given = 1;
 			break;
 		case OPT_PIDFILE:

@@ -45,7 +45,8 @@ socklen_t upgrade_addr(struct sockaddr_un *sa, pid_t old_pid)
 	/* An abstract name (a leading NUL): no file to create, none left
 	 * behind by a crash, and it goes away with the socket. */
 	*sa = (struct sockaddr_un){ .sun_family = AF_UNIX };
-	int len = snprintf(sa->sun_path + 1, sizeof sa->sun_path - 1, "hot-restart.%d", (int)old_pid);
+	int len = snprintf(sa->sun_path + 1, sizeof sa->sun_path - 1, "hot-restart.%d",
+			   (int)old_pid);
 	return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)len);
 }
 
@@ -171,14 +172,16 @@ void conn_close(struct gen *g, size_t slot)
 static int respond(const struct gen *g, int fd, int status, int close_it)
 {
 	char body[64], out[256];
-	int blen = status == 200
-			   ? snprintf(body, sizeof body, "served by generation %d pid %d", g->generation,
-				      (int)getpid())
-			   : snprintf(body, sizeof body, "error %d", status);
+	const char *reason = status == 200   ? "OK"
+			     : status == 408 ? "Request Timeout"
+					     : "Bad Request";
+	int blen = status == 200 ? snprintf(body, sizeof body, "served by generation %d pid %d",
+					    g->generation, (int)getpid())
+				 : snprintf(body, sizeof body, "error %d", status);
 	int len = snprintf(out, sizeof out,
-			   "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n%s\r\n%s",
-			   status, status == 200 ? "OK" : status == 408 ? "Request Timeout" : "Bad Request",
-			   blen, close_it ? "Connection: close\r\n" : "", body);
+			   "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\n"
+			   "Content-Length: %d\r\n%s\r\n%s",
+			   status, reason, blen, close_it ? "Connection: close\r\n" : "", body);
 	/* A few hundred bytes always fit an empty socket buffer; if not, the
 	 * client is not reading and we give up on it. */
 	return send(fd, out, (size_t)len, MSG_NOSIGNAL | MSG_DONTWAIT) == len ? 0 : -1;
@@ -203,8 +206,8 @@ static void serve_conn(struct gen *g, size_t slot)
 		int p = http_parse(c->buf, c->len, &used, &ka, &target, &tlen);
 		if (p == HTTP_MORE) {
 			if (c->len > 0 && g->verbose) {
-				say(&g->n, "read %zu bytes of a request on fd %d: not complete, kept in my buffer",
-				    c->len, c->fd);
+				say(&g->n, "read %zu bytes of a request on fd %d: "
+					   "not complete, kept in my buffer", c->len, c->fd);
 				notify(g, "partial %d", g->generation);
 			}
 			return;
@@ -221,8 +224,8 @@ static void serve_conn(struct gen *g, size_t slot)
 		int close_it = !ka || (g->up == UP_DRAINING && g->strategy != ST_HANDOFF);
 		/* Told before the answer leaves: the client acts only after it. */
 		if (g->verbose) {
-			say(&g->n, "GET %.*s on fd %d: served by generation %d", (int)tlen, target, c->fd,
-			    g->generation);
+			say(&g->n, "GET %.*s on fd %d: served by generation %d", (int)tlen, target,
+			    c->fd, g->generation);
 			ev(&g->n, "served", "client", "conn=%c", c->id ? c->id : '?');
 		}
 		int ok = respond(g, c->fd, 200, close_it) == 0;
@@ -431,8 +434,8 @@ static int on_upgrade_connect(struct gen *g)
 	if (c < 0)
 		return errno == EAGAIN || errno == EINTR ? 0 : -1;
 	if (check_upgrade_peer(c, g->child) < 0) {
-		say(&g->n, "refused an upgrade peer that is not generation %d: %s", g->generation + 1,
-		    strerrorname_np(errno));
+		say(&g->n, "refused an upgrade peer that is not generation %d: %s",
+		    g->generation + 1, strerrorname_np(errno));
 		close(c);
 		return 0;
 	}

@@ -66,8 +66,8 @@ void naive_before_fork(struct gen *g)
 	close(g->lfd);
 	g->lfd = -1;
 	g->accepting = 0;
-	say(&g->n, "stop-start: closed my listener; until generation %d binds, connect() is refused",
-	    g->generation + 1);
+	say(&g->n, "stop-start: closed my listener; until generation %d binds, "
+		   "connect() is refused", g->generation + 1);
 }
 
 /* The new generation listens. What is left of ours goes. */

@@ -191,6 +191,11 @@ MUTANTS = [
       "\t\t\t\td->accept_paused = 1;\n",
       "\t\t\t\t/* keep accepting */\n",
       S06, "Out of descriptors, the dispatcher keeps the listener in epoll and spins on accept."),
+    m("06_start_failure_says_success", "06-prefork-server/dispatcher.c",
+      "\t\terrno = e;\n\t\treturn -1;\n\t}\n\tif (pid == 0) {",
+      "\t\terrno = 0;\n\t\treturn -1;\n\t}\n\tif (pid == 0) {",
+      S06, "A worker that could not be started is reported without the errno of the call "
+           "that failed (\"fork: Success\")."),
     # ---- 07: hot restart ----------------------------------------------------
     m("07_close_listener_on_upgrade", "07-hot-restart/hot_restart.c",
       "\tg->accepting = 0;\n\tsay(&g->n, \"generation %d is ready: stopped accepting",

@@ -55,12 +55,23 @@ def tracked_files():
     return [f for f in out.splitlines() if (ROOT / f).is_file()]
 
 
+def built_files():
+    """The checkout's binaries (`make all` ran first: they are up to date)."""
+    out = subprocess.run(["git", "ls-files", "-oi", "--exclude-standard"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    skip = ("build-", "__pycache__", ".pytest_cache")
+    return [f for f in out.splitlines()
+            if not any(part.startswith(skip) for part in Path(f).parts) and (ROOT / f).is_file()]
+
+
 def make_tree(m):
-    """A copy of the sources with the mutation applied: build-mutate/ID/."""
+    """A copy of the sources with the mutation applied: build-mutate/ID/.
+    The checkout's binaries come along with their times (copy2), so make
+    rebuilds only what depends on the mutated file."""
     d = WORK / m["id"]
     if d.exists():
         shutil.rmtree(d)
-    for f in tracked_files():
+    for f in tracked_files() + built_files():
         dst = d / f
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / f, dst)

@@ -62,24 +62,30 @@ def test_06_emfile_pauses_accepting_then_serves_again(serve):
 
 # ---- 06: a worker's channel is not its parent's ----------------------------
 
-def test_06_worker_refuses_a_channel_whose_peer_is_not_its_parent(serve, tmp_path):
+@pytest.mark.parametrize("what, says", [
+    ("pid=1", r"^\[new-worker-\d \d+\] the channel's peer \(SO_PEERCRED pid 1\) is not my "
+              r"parent; refusing it$"),
+    ("EACCES", r"^handoff_server: worker: getsockopt\(SO_PEERCRED\) on the channel: EACCES "
+               r"\(Permission denied\)$"),
+])
+def test_06_worker_refuses_a_channel_whose_peer_is_not_its_parent(serve, tmp_path, what, says):
     """Two workers start and pass their SO_PEERCRED checks (uses 1 and 2,
     counted across the exec'd workers through FAULTINJ_COUNTS). One is
     killed; the check of its replacement (use 3) reports pid 1 as the
-    channel's peer. That worker refuses the channel and exits before it is
-    ready; the dispatcher backs off, starts another (use 4), and serves with
-    both."""
-    env = fault_env("peercred:3:pid=1", FAULTINJ_COUNTS=str(tmp_path / "counts"))
+    channel's peer, or fails. That worker refuses the channel, says why, and
+    exits before it is ready; the dispatcher backs off, starts another (use
+    4), and serves with both."""
+    env = fault_env(f"peercred:3:{what}", FAULTINJ_COUNTS=str(tmp_path / "counts"))
     s = serve(PROG, "--workers", "2", env=env)
     counters_until(s, lambda c: len(children(s.pid)) == 2)
     os.kill(children(s.pid)[0], signal.SIGKILL)
-    wait_count(s, r"the channel's peer \(SO_PEERCRED pid 1\) is not my parent; refusing it", 1)
+    s.wait_line(says, stream="stdout" if what.startswith("pid=") else "stderr")
     wait_count(s, r"worker-\d died before it was ready: respawning in 100 ms, not at once", 1)
     c = counters_until(s, lambda c: c["respawned"] == 2)
     assert c["lost"] == 0
     assert len(children(s.pid)) == 2
     assert all(http_get(s.port)[0] == 200 for _ in range(4))
-    assert fired(s.err_lines, "peercred") == ["faultinj: peercred #3 -> pid=1"]
+    assert fired(s.err_lines, "peercred") == [f"faultinj: peercred #3 -> {what}"]
 
 
 # ---- 06: a replacement worker cannot be started ----------------------------

@@ -13,7 +13,8 @@ S02 = ["tests/test_02_socketpair.py"]
 S03 = ["tests/test_03_scm_rights.py"]
 S04 = ["tests/test_04_dup_race.py"]
 S05 = ["tests/test_05_record.py", "tests/test_05_ssl.py"]
-S06 = ["tests/test_06_prefork_server.py", "tests/test_06_hardening.py", "tests/test_faults.py"]
+S06 = ["tests/test_06_prefork_server.py", "tests/test_06_hardening.py", "tests/test_gaps_06.py",
+       "tests/test_faults.py"]
 S07 = ["tests/test_07_hot_restart.py", "tests/test_faults.py"]
 
 
@@ -154,6 +155,14 @@ MUTANTS = [
       "\tif (len > REC_MAX_PLAIN || pad > REC_MAX_PLAIN || inner > REC_MAX_PLAIN + 1 || total > cap) {\n",
       "\tif (total > cap) {\n",
       S05, "Sealing does not check the inner plaintext limit of 2^14 + 1 bytes."),
+    m("05_open_plain_limit_gone", "05-ssl/record.c",
+      "\tif (end - 1 > REC_MAX_PLAIN)\n\t\treturn ALERT_RECORD_OVERFLOW;\n",
+      "",
+      S05, "The opened record's plaintext is not checked against 2^14 bytes.",
+      equivalent="rec_open calls rec_check_header first, which refuses a body longer than "
+                 "REC_MAX_INNER + REC_TAG: the plaintext left after the type byte is at most "
+                 "REC_MAX_INNER - 1 = REC_MAX_PLAIN bytes, so this second check never fires "
+                 "(it stays as a guard should the header check change)"),
     # ---- 06: the ack protocol -----------------------------------------------
     m("06_close_before_ack", "06-prefork-server/handoff_server.c",
       "\t\t\t\tsl->un[(sl->un_head + sl->un_count) % cap] = q_pop(d);\n",
@@ -177,7 +186,11 @@ MUTANTS = [
     m("06_worker_keeps_queue", "06-prefork-server/dispatcher.c",
       "\tfor (unsigned i = 0; i < d->q_count; i++)\n\t\tpend_close(q_at(d, i));\n",
       "\t/* the queue's connections stay open in the worker */\n",
-      S06, "A new worker keeps copies of the connections queued in the dispatcher."),
+      S06, "A new worker keeps copies of the connections queued in the dispatcher.",
+      equivalent="every queued connection was accepted with SOCK_CLOEXEC and a handoff worker "
+                 "is exec'd right after close_inherited(), so the exec closes them anyway; the "
+                 "only children that are not exec'd, fork-per-conn's, are forked by a "
+                 "dispatcher that never queues (on_accept forks for each connection at once)"),
     m("06_skip_peercred", "06-prefork-server/worker.c",
       "\t\tif (ppid != getppid() || uid != getuid()) {\n",
       "\t\tif (uid != getuid()) {\n",
@@ -193,7 +206,7 @@ MUTANTS = [
       S06, "Out of descriptors, the dispatcher keeps the listener in epoll and spins on accept."),
     m("06_start_failure_says_success", "06-prefork-server/dispatcher.c",
       "\t\terrno = e;\n\t\treturn -1;\n\t}\n\tif (pid == 0) {",
-      "\t\terrno = 0;\n\t\treturn -1;\n\t}\n\tif (pid == 0) {",
+      "\t\t(void)e;\n\t\terrno = 0;\n\t\treturn -1;\n\t}\n\tif (pid == 0) {",
       S06, "A worker that could not be started is reported without the errno of the call "
            "that failed (\"fork: Success\")."),
     # ---- 07: hot restart ----------------------------------------------------

@@ -24,18 +24,18 @@ def test_fork_per_conn_child_holds_its_connection_and_nothing_of_the_dispatcher(
             assert read_response(c)[0] == 200
         kids = children(s.pid)
         assert len(kids) == 2
-        disp = fd_table(s.pid)
-        inherited = [t for t in disp.values() if not t.startswith(("socket:[", "anon_inode:"))]
-        tables = {k: fd_table(k) for k in kids}
-        for k, table in tables.items():
-            mine = set(sockets(table).values())
-            assert len(mine) == 1, (k, table)
-            assert not mine & set(sockets(disp).values()), "a socket the dispatcher holds"
-            for other, t in tables.items():
-                if other != k:
-                    assert not mine & set(sockets(t).values()), "the other child's connection"
-            rest = sorted(t for t in table.values() if not t.startswith("socket:["))
-            assert rest == sorted(inherited + ["anon_inode:[signalfd]", "anon_inode:[eventpoll]"])
+        tables = {pid: fd_table(pid) for pid in [s.pid, *kids]}
+        inherited = [t for t in tables[s.pid].values()
+                     if not t.startswith(("socket:[", "anon_inode:"))]
+        for k in kids:
+            mine = set(sockets(tables[k]).values())
+            theirs = {t for pid, table in tables.items() if pid != k
+                      for t in sockets(table).values()}
+            # one socket, which neither the dispatcher nor the other child has
+            assert len(mine) == 1 and not mine & theirs, (k, tables)
+            rest = [t for t in tables[k].values() if not t.startswith("socket:[")]
+            assert sorted(rest) == sorted(
+                inherited + ["anon_inode:[signalfd]", "anon_inode:[eventpoll]"])
     finally:
         for c in conns:
             c.close()

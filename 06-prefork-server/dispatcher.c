@@ -544,8 +544,17 @@ void start_workers(struct disp *d)
 	}
 	const char *failed;
 	for (int s = 0; s < d->cfg->workers; s++)
-		if (spawn(d, s, 0, &failed) < 0)
+		if (spawn(d, s, 0, &failed) < 0) {
+			/* The workers already started go first: each reads end-of-file
+			 * on its channel and exits, and is reaped (never an orphan). */
+			int e = errno;
+			for (int t = 0; t < s; t++) {
+				close(d->slots[t].chan);
+				reap_child(d->slots[t].pid, WAIT_MS, NULL);
+			}
+			errno = e;
 			die("starting %s: %s", d->slots[s].role, failed);
+		}
 	for (int s = 0; s < d->cfg->workers; s++) {
 		struct slot *sl = &d->slots[s];
 		long long until = now_ms() + WAIT_MS;

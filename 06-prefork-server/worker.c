@@ -469,7 +469,9 @@ _Noreturn void worker_main(struct nar *n, const struct config *cfg, int chan, in
 		 * else and we are not talking to our dispatcher. */
 		pid_t ppid;
 		uid_t uid;
-		if (fdpass_peer(chan, &ppid, &uid, NULL) < 0 || ppid != getppid() || uid != getuid()) {
+		if (fdpass_peer(chan, &ppid, &uid, NULL) < 0)
+			die("worker: getsockopt(SO_PEERCRED) on the channel");
+		if (ppid != getppid() || uid != getuid()) {
 			say(n, "the channel's peer (SO_PEERCRED pid %d) is not my parent; refusing it",
 			    (int)ppid);
 			exit(EXIT_RUNTIME);

@@ -173,8 +173,18 @@ int main(int argc, char **argv)
 		    strategy_names[g.strategy]);
 	} else {
 		g.port = o.port;
-		if (take_over(&g) < 0)
+		errno = 0;
+		if (take_over(&g) < 0) {
+			/* A failed call leaves its errno; an old generation that closed
+			 * the channel without a word (it refused us) leaves none. */
+			if (errno == 0) {
+				fprintf(stderr, "%s: generation %d: pid %d closed the upgrade channel "
+						"without handing anything over\n",
+					program_invocation_short_name, g.generation, (int)g.old_pid);
+				exit(EXIT_RUNTIME);
+			}
 			die("generation %d: taking over from pid %d", g.generation, (int)g.old_pid);
+		}
 		say(&g.n, "generation %d: ready, serving on 127.0.0.1:%d", g.generation, g.port);
 	}
 	g.accepting = 1;

@@ -300,6 +300,26 @@ static void exec_next(struct gen *g, const char *path)
 	_exit(127);
 }
 
+/* The next generation could not even be started (no upgrade socket, a fork
+ * that failed): say what failed and go on serving; a later SIGHUP tries
+ * again. Only stop-start has let go of its listener by then: it binds anew. */
+static int upgrade_not_started(struct gen *g, const char *what)
+{
+	int e = errno;
+	char err[ERRNO_TEXT_LEN];
+	if (g->up_listen >= 0)
+		close(g->up_listen);
+	g->up_listen = -1;
+	if (g->lfd < 0 && (g->lfd = bind_listener(g->strategy, g->port, NULL)) < 0)
+		return -1;
+	g->accepting = 1;
+	say(&g->n, "cannot start generation %d (%s: %s): generation %d keeps serving",
+	    g->generation + 1, what, errno_text(e, err, sizeof err), g->generation);
+	ev(&g->n, "upgrade_failed", NULL, NULL);
+	notify(g, "failed %d", g->generation + 1);
+	return 0;
+}
+
 int start_upgrade(struct gen *g)
 {
 	if (g->up != UP_NONE) {
@@ -312,11 +332,11 @@ int start_upgrade(struct gen *g)
 	g->up_listen = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (g->up_listen < 0 || bind(g->up_listen, (struct sockaddr *)&sa, salen) < 0 ||
 	    listen(g->up_listen, 4) < 0)
-		return -1;
+		return upgrade_not_started(g, "the upgrade socket");
 	naive_before_fork(g);
 	pid_t pid = fork();
 	if (pid < 0)
-		return -1;
+		return upgrade_not_started(g, "fork");
 	if (pid == 0) {
 		unblock_signals();
 		exec_next(g, g->fail == FAIL_EXEC ? "/proc/self/exe.missing" : "/proc/self/exe");

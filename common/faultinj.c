@@ -11,8 +11,8 @@
  *         (peercred: getsockopt(SOL_SOCKET, SO_PEERCRED))
  *   WHO   main (the process that started with the shim) | child (any process
  *         forked from it) | any (the default)
- *   N     the use that fails, counted per process from 1; "N+" fails that use
- *         and every one after it
+ *   N     the use that fails, counted from 1 (see below); "N+" fails that use
+ *         and every one after it, "N-M" uses N to M
  *   WHAT  an errno name (EMFILE, ENFILE, EAGAIN, ENOMEM, ...) - the call
  *         fails with it; or, for peercred only, pid=P - the call succeeds but
  *         reports P as the peer's pid
@@ -22,13 +22,22 @@
  * The uses are counted across the whole tree of processes forked from the one
  * that loaded the shim (the counters live in a shared mapping), so
  * "peercred@child:3" means the third check made by any child, whichever
- * child that is; an exec'd program loads the shim afresh and counts from 1.
+ * child that is; an exec'd program loads the shim afresh and counts from 1,
+ * unless FAULTINJ_COUNTS names a file: then the counters live in that file,
+ * shared by every process that loads the shim with it, exec'd or not (so
+ * "peercred:1:pid=1" fails the first check of the first of a server's
+ * exec'd workers only). In an exec'd program "main" is that program.
+ * FAULTINJ_SCOPE=image keeps the rules to the program that loaded the shim
+ * (and its forks): the shim takes FAULTINJ out of the environment, so what
+ * it execs runs without faults (the old generation of a server refuses, the
+ * new one it starts does not).
  *
  * See also: ld.so(8) (LD_PRELOAD), dlsym(3) (RTLD_NEXT), errno(3).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,8 +54,7 @@ enum { W_ANY, W_MAIN, W_CHILD };
 
 struct rule {
 	int call, who, errnum;
-	unsigned long nth;
-	int and_after;
+	unsigned long nth, last; /* uses nth..last fail; last 0: no end ("N+") */
 	pid_t fake_pid; /* peercred pid=P; 0 when the rule sets errno instead */
 };
 
@@ -97,10 +105,12 @@ static void parse_rule(char *spec)
 		if (!strcmp(spec, call_names[c]))
 			r.call = c;
 	char *end;
-	r.nth = strtoul(nth, &end, 10);
+	r.nth = r.last = strtoul(nth, &end, 10);
 	if (*end == '+')
-		r.and_after = 1, end++;
-	if (r.call < 0 || r.nth == 0 || *end)
+		r.last = 0, end++;
+	else if (*end == '-')
+		r.last = strtoul(end + 1, &end, 10);
+	if (r.call < 0 || r.nth == 0 || *end || (r.last && r.last < r.nth))
 		bad_spec(spec);
 	if (!strncmp(what, "pid=", 4) && r.call == C_PEERCRED) {
 		r.fake_pid = (pid_t)strtol(what + 4, &end, 10);
@@ -122,16 +132,33 @@ __attribute__((constructor)) static void faultinj_init(void)
 	const char *env = getenv("FAULTINJ");
 	if (!env || !*env)
 		return;
-	void *m = mmap(NULL, C_COUNT * sizeof *uses, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-		       -1, 0);
+	size_t size = C_COUNT * sizeof *uses;
+	const char *path = getenv("FAULTINJ_COUNTS");
+	int fd = -1;
+	if (path && *path) {
+		/* A file of zeros the first time; every later process maps the
+		 * same counters (ftruncate to the same size keeps them). */
+		fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+		if (fd < 0 || ftruncate(fd, (off_t)size) < 0) {
+			dprintf(2, "faultinj: %s: %s\n", path, strerrorname_np(errno));
+			_exit(125);
+		}
+	}
+	void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | (fd < 0 ? MAP_ANONYMOUS : 0),
+		       fd, 0);
 	if (m == MAP_FAILED) {
 		dprintf(2, "faultinj: mmap: %s\n", strerrorname_np(errno));
 		_exit(125);
 	}
+	if (fd >= 0)
+		close(fd); /* the mapping keeps the file; the program sees no new fd */
 	uses = m;
 	char *copy = strdup(env);
 	if (!copy)
 		return;
+	const char *scope = getenv("FAULTINJ_SCOPE");
+	if (scope && !strcmp(scope, "image"))
+		unsetenv("FAULTINJ"); /* env still points into environ: use copy from here */
 	for (char *save = NULL, *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
 		parse_rule(tok);
 	free(copy);
@@ -148,7 +175,7 @@ static const struct rule *fires(int call)
 		const struct rule *r = &rules[i];
 		if (r->call != call || (r->who == W_MAIN && child) || (r->who == W_CHILD && !child))
 			continue;
-		if (n == r->nth || (r->and_after && n > r->nth)) {
+		if (n >= r->nth && (!r->last || n <= r->last)) {
 			if (r->fake_pid)
 				dprintf(2, "faultinj: %s #%lu -> pid=%d\n", call_names[call], n, (int)r->fake_pid);
 			else

@@ -17,7 +17,7 @@ from conftest import ROOT
 READMES = sorted(
     p.relative_to(ROOT).as_posix()
     for p in ROOT.rglob("*.md")
-    if not any(part.startswith(".") or part in ("build-asan", "build-fuzz") for part in p.parts)
+    if not any(part.startswith(".") or part in ("build-asan", "build-fuzz", "build-mutate") for part in p.parts)
 )
 STAGES = sorted(d.name for d in ROOT.iterdir() if d.is_dir() and re.match(r"^\d\d-", d.name))
 

@@ -97,15 +97,22 @@ def test_relative_links_resolve(readme):
     assert not broken, f"{readme}: links to missing files: {broken}"
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_stage_readme_links_previous_top_next(stage):
+def navigation_line(stage, page="README.md", words=("Previous: ", "Top", "Next: ")):
+    """The line a stage README ends with: the previous stage, the top page
+    and the next stage, each link to `page` in that folder."""
     i = STAGES.index(stage)
+    prev_word, top_word, next_word = words
     parts = []
     if i > 0:
-        parts.append(f"Previous: [{STAGES[i - 1]}](../{STAGES[i - 1]}/README.md)")
-    parts.append("[Top](../README.md)")
+        parts.append(f"{prev_word}[{STAGES[i - 1]}](../{STAGES[i - 1]}/{page})")
+    parts.append(f"[{top_word}](../{page})")
     if i + 1 < len(STAGES):
-        parts.append(f"Next: [{STAGES[i + 1]}](../{STAGES[i + 1]}/README.md)")
-    want = " · ".join(parts)
+        parts.append(f"{next_word}[{STAGES[i + 1]}](../{STAGES[i + 1]}/{page})")
+    return " · ".join(parts)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_readme_links_previous_top_next(stage):
+    want = navigation_line(stage)
     last = (ROOT / stage / "README.md").read_text(encoding="utf-8").rstrip("\n").split("\n")[-1]
     assert last == want, f"{stage}/README.md should end with the navigation line\n{want}\nnot\n{last}"

@@ -16,6 +16,7 @@ import re
 import pytest
 
 from conftest import ROOT
+from test_readmes import navigation_line
 
 ENGLISH = sorted(
     p.relative_to(ROOT).as_posix()
@@ -92,14 +93,7 @@ def test_every_section_has_its_counterpart(en):
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_chinese_stage_navigation(stage):
-    i = STAGES.index(stage)
-    parts = []
-    if i > 0:
-        parts.append(f"上一节：[{STAGES[i - 1]}](../{STAGES[i - 1]}/README.zh-CN.md)")
-    parts.append("[目录](../README.zh-CN.md)")
-    if i + 1 < len(STAGES):
-        parts.append(f"下一节：[{STAGES[i + 1]}](../{STAGES[i + 1]}/README.zh-CN.md)")
-    want = " · ".join(parts)
+    want = navigation_line(stage, "README.zh-CN.md", ("上一节：", "目录", "下一节："))
     zh = ROOT / stage / "README.zh-CN.md"
     if not zh.exists():
         pytest.fail(f"{stage}/README.zh-CN.md is missing")

@@ -137,9 +137,9 @@ int ktls_install(int fd, const struct rec_dir *rd, const struct rec_dir *wr, uns
 
 /* ---- records that are not data ------------------------------------------ */
 
-ssize_t ktls_recv(int fd, void *buf, size_t cap, int *type, int timeout_ms)
+ssize_t ktls_recv(int fd, void *buf, size_t cap, int *type, int timeout_ms, int flags)
 {
-	int w = wait_readable(fd, timeout_ms);
+	int w = timeout_ms == 0 ? 1 : wait_readable(fd, timeout_ms);
 	if (w <= 0) {
 		if (w == 0)
 			errno = ETIMEDOUT;
@@ -159,7 +159,7 @@ ssize_t ktls_recv(int fd, void *buf, size_t cap, int *type, int timeout_ms)
 	msg.msg_controllen = sizeof ctl.buf;
 	ssize_t r;
 	do
-		r = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+		r = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | flags);
 	while (r < 0 && errno == EINTR);
 	if (r < 0)
 		return -1;
@@ -175,6 +175,33 @@ ssize_t ktls_recv(int fd, void *buf, size_t cap, int *type, int timeout_ms)
 			*type = t;
 		}
 	return r;
+}
+
+int ktls_control(int type, const unsigned char *b, size_t len, int *alert, int *requested)
+{
+	*alert = ALERT_UNEXPECTED_MESSAGE; /* a type or message a client may not send */
+	*requested = 0;
+	if (type == CT_ALERT && len != 2) {
+		*alert = ALERT_DECODE_ERROR;
+	} else if (type == CT_ALERT) {
+		*alert = b[1];
+		return b[1] == ALERT_CLOSE_NOTIFY ? KTLS_CLOSE_NOTIFY : KTLS_PEER_ALERT;
+	} else if (type == CT_HANDSHAKE && len > 0 && b[0] == HS_KEY_UPDATE) {
+		/* Well-formed: type, a 3-byte length of 1, the request value. */
+		if (len != 5 || b[1] != 0 || b[2] != 0 || b[3] != 1) {
+			*alert = ALERT_DECODE_ERROR;
+		} else if (b[4] > KU_REQUESTED) {
+			*alert = ALERT_ILLEGAL_PARAMETER;
+		} else {
+			/* The kernel stopped decrypting at this record: the peer's
+			 * next records are under the next traffic secret, which this
+			 * kernel cannot be given (TLS_RX again: Linux 6.14 and later). */
+			*alert = ALERT_INTERNAL_ERROR;
+			*requested = b[4];
+			return KTLS_PEER_KEY_UPDATE;
+		}
+	}
+	return KTLS_BAD_RECORD;
 }
 
 int ktls_send_alert(int fd, int level, int description)

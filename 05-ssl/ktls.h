@@ -58,9 +58,30 @@ int ktls_install(int fd, const struct rec_dir *rd, const struct rec_dir *wr, uns
  * record that the kernel hands up whole with a TLS_GET_RECORD_TYPE control message). >0 bytes, 0 at
  * end of file, -1/errno (EBADMSG: a record failed authentication; EIO: a
  * control record did not fit the control buffer). Waits at most timeout_ms
- * (ETIMEDOUT).
+ * (ETIMEDOUT); with timeout_ms 0 it does not wait, and a non-blocking
+ * socket with nothing decrypted yet gives EAGAIN. flags go to recvmsg
+ * (MSG_PEEK: look at the next record's type and bytes, leave them queued).
  */
-ssize_t ktls_recv(int fd, void *buf, size_t cap, int *type, int timeout_ms);
+ssize_t ktls_recv(int fd, void *buf, size_t cap, int *type, int timeout_ms, int flags);
+
+/* What a record that is not application data means for the connection. */
+enum ktls_control {
+	KTLS_CLOSE_NOTIFY = 1, /* the peer closed cleanly: answer with ours */
+	KTLS_PEER_ALERT,       /* the peer sent another alert: over, nothing to send */
+	KTLS_PEER_KEY_UPDATE,  /* a well-formed KeyUpdate: the kernel stopped reading here */
+	KTLS_BAD_RECORD,       /* a malformed alert or KeyUpdate, or a message a client may
+				* not send: send *alert and close */
+};
+
+/*
+ * Classifies one record of type `type` (not application data) whose len
+ * bytes ktls_recv put at b, with the record layer's checks (RFC 8446
+ * sections 4.6.3 and 6). *alert: the peer's alert (KTLS_PEER_ALERT), or the
+ * one to send (KTLS_BAD_RECORD; internal_error for KTLS_PEER_KEY_UPDATE:
+ * before Linux 6.14 the kernel cannot take the peer's next key).
+ * *requested: KTLS_PEER_KEY_UPDATE's request_update value.
+ */
+int ktls_control(int type, const unsigned char *b, size_t len, int *alert, int *requested);
 
 /* Sends one alert record (level 1 warning or 2 fatal, and description) on a
  * kTLS socket, through a TLS_SET_RECORD_TYPE control message. -1/errno. */

@@ -67,37 +67,27 @@ static void fatal_alert(struct tls13 *t, int alert)
 }
 
 /* One record the kernel handed up that is not data: 1 to go on, 0 when over.
- * The checks are the record layer's (tlsx_open_record), on what is left. */
+ * ktls_control makes the record layer's checks on it. */
 static int control_record(struct tls13 *t, int type, const unsigned char *b, ssize_t len)
 {
 	const struct nar *n = t->n;
-	int alert = ALERT_UNEXPECTED_MESSAGE; /* a type or message a client may not send */
-	if (type == CT_ALERT && len != 2) {
-		alert = ALERT_DECODE_ERROR;
-	} else if (type == CT_ALERT && b[1] == ALERT_CLOSE_NOTIFY) {
+	int alert, requested;
+	switch (ktls_control(type, b, (size_t)len, &alert, &requested)) {
+	case KTLS_CLOSE_NOTIFY:
 		say(n, "the client sent close_notify (a control message from the kernel); "
 		       "answering with mine");
 		ev(n, "close_notify", "client", NULL);
 		ktls_send_alert(t->conn, 1, ALERT_CLOSE_NOTIFY);
 		return 0;
-	} else if (type == CT_ALERT) {
-		say(n, "the client sent alert %d (%s): the connection is over", b[1], rec_alert_name(b[1]));
-		ev(n, "client_alert", NULL, "alert=%d", b[1]);
+	case KTLS_PEER_ALERT:
+		say(n, "the client sent alert %d (%s): the connection is over", alert, rec_alert_name(alert));
+		ev(n, "client_alert", NULL, "alert=%d", alert);
 		return 0;
-	} else if (type == CT_HANDSHAKE && len > 0 && b[0] == HS_KEY_UPDATE) {
-		/* Well-formed: type, a 3-byte length of 1, the request value. */
-		int ok = len == 5 && b[1] == 0 && b[2] == 0 && b[3] == 1;
-		alert = !ok ? ALERT_DECODE_ERROR
-		      : b[4] > KU_REQUESTED ? ALERT_ILLEGAL_PARAMETER
-					    : ALERT_INTERNAL_ERROR;
-		if (alert == ALERT_INTERNAL_ERROR) {
-			/* The kernel stopped decrypting at this record: the client's
-			 * next records are under the next traffic secret, which this
-			 * kernel cannot be given (TLS_RX again: Linux 6.14 and later). */
-			say(n, "KeyUpdate from the client: the kernel cannot take the next read key; "
-			       "ending the connection");
-			ev(n, "peer_key_update", NULL, "requested=%d", b[4]);
-		}
+	case KTLS_PEER_KEY_UPDATE:
+		say(n, "KeyUpdate from the client: the kernel cannot take the next read key; "
+		       "ending the connection");
+		ev(n, "peer_key_update", NULL, "requested=%d", requested);
+		break;
 	}
 	fatal_alert(t, alert);
 	return 0;
@@ -113,7 +103,7 @@ static void serve_plain(struct tls13 *t)
 	for (;;) {
 		go(t->o);
 		int type;
-		ssize_t r = ktls_recv(t->conn, buf, sizeof buf, &type, IDLE_MS);
+		ssize_t r = ktls_recv(t->conn, buf, sizeof buf, &type, IDLE_MS, 0);
 		if (r == 0) {
 			say(n, "the client closed TCP without a close_notify");
 			return;

@@ -652,6 +652,14 @@ int serve(struct nar *n, const struct config *cfg, int port)
 		say(n, "model %s, %d worker(s)", model_names[cfg->model], cfg->workers);
 	for (int s = 0; cfg->model != M_FORK && s < cfg->workers; s++)
 		say(n, "%s is pid %d", d.slots[s].role, (int)d.slots[s].pid);
+	if (cfg->ktls == KTLS_AUTO && cfg->ktls_on)
+		say(n, "kernel TLS: available here (%s); the workers install each session in the kernel",
+		    cfg->ktls_why);
+	else if (cfg->ktls == KTLS_AUTO)
+		say(n, "kernel TLS: not available here (%s); the workers use their own record layer",
+		    cfg->ktls_why);
+	else if (cfg->ktls == KTLS_FORCE)
+		say(n, "kernel TLS: forced; the workers install each session in the kernel");
 	dispatcher_loop(&d);
 	say(n, "all workers have exited; bye");
 	print_counters(&d);

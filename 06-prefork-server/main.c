@@ -6,11 +6,13 @@
  * See also: handoff_server.c (the lesson), getrlimit(2), ../05-ssl/tls_export.h.
  */
 #define _GNU_SOURCE
+#include "../05-ssl/ktls.h"
 #include "../05-ssl/tls_export.h"
 #include "../common/cli.h"
 #include "../common/util.h"
 #include "server.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +25,7 @@
 #include <openssl/x509.h>
 
 const char *const model_names[] = { "handoff", "fork-per-conn", "reuseport", "proxy", NULL };
+const char *const ktls_names[] = { "off", "auto", "force", NULL };
 
 static const char usage[] =
 	"usage: handoff_server [--die-before-ack N] [--trace FILE] [--mermaid]\n"
@@ -46,6 +49,11 @@ static const char usage[] =
 	"  --handshake-timeout MS  --tls: bound on one handshake (default 3000)\n"
 	"  --handshakes-max N  --tls: handshakes in flight; past it the oldest is closed\n"
 	"                      (default 1024)\n"
+	"  --ktls MODE         --tls: off (default), auto or force: each worker installs\n"
+	"                      the sessions it takes over in the kernel (kernel TLS)\n"
+	"                      and serves them with plain read and write; off keeps\n"
+	"                      them on stage 05's record layer, which also takes a\n"
+	"                      client's KeyUpdate (a kernel before 6.14 cannot)\n"
 	"  --read-ahead        break it (--tls): let OpenSSL read ahead, so a request that\n"
 	"                      comes with the client's Finished strands raw bytes in it:\n"
 	"                      the session cannot be exported, the dispatcher closes it\n"
@@ -56,7 +64,7 @@ static const char usage[] =
 int main(int argc, char **argv)
 {
 	enum { OPT_WORKERS = OPT_STAGE, OPT_MODEL, OPT_DIE, OPT_HEADER, OPT_INFLIGHT, OPT_QUEUE,
-	       OPT_RESPAWN_FAILS, OPT_TLS, OPT_HANDSHAKE, OPT_READAHEAD, OPT_HANDSHAKES };
+	       OPT_RESPAWN_FAILS, OPT_TLS, OPT_HANDSHAKE, OPT_READAHEAD, OPT_HANDSHAKES, OPT_KTLS };
 	static const struct option longopts[] = {
 		COMMON_LONGOPTS,
 		{ "workers", required_argument, NULL, OPT_WORKERS },
@@ -70,6 +78,7 @@ int main(int argc, char **argv)
 		{ "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE },
 		{ "read-ahead", no_argument, NULL, OPT_READAHEAD },
 		{ "handshakes-max", required_argument, NULL, OPT_HANDSHAKES },
+		{ "ktls", required_argument, NULL, OPT_KTLS },
 		{ 0 },
 	};
 	if (argc > 1 && strcmp(argv[1], "--worker-role") == 0)
@@ -85,7 +94,7 @@ int main(int argc, char **argv)
 		.handshake_ms = 3000,
 		.handshakes_max = 1024,
 	};
-	int model_given = 0, c;
+	int model_given = 0, ktls_given = 0, c;
 	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
 		if (common_opt(&o, c, optarg, usage))
 			continue;
@@ -99,6 +108,7 @@ int main(int argc, char **argv)
 		case OPT_RESPAWN_FAILS: cfg.respawn_fails = 1; break;
 		case OPT_TLS: cfg.tls = 1; break;
 		case OPT_READAHEAD: cfg.read_ahead = 1; break;
+		case OPT_KTLS: cfg.ktls = parse_choice("--ktls", optarg, ktls_names), ktls_given = 1; break;
 		case OPT_HANDSHAKES: cfg.handshakes_max = (int)parse_long("--handshakes-max", optarg, 1, 1000000); break;
 		case OPT_HANDSHAKE: cfg.handshake_ms = (int)parse_long("--handshake-timeout", optarg, 10, 600000); break;
 		}
@@ -118,6 +128,22 @@ int main(int argc, char **argv)
 		usage_error("--tls goes with --serve and the handoff model");
 	if (cfg.read_ahead && !cfg.tls)
 		usage_error("--read-ahead goes with --tls");
+	if (ktls_given && !cfg.tls)
+		usage_error("--ktls goes with --tls");
+	if (cfg.ktls != KTLS_OFF) {
+		/* Tried, not read: the probe sets TCP_ULP on a connection of its
+		 * own, which also loads the tls module where it can be loaded. */
+		int avail = ktls_available(cfg.ktls_why, sizeof cfg.ktls_why);
+		if (avail < 0)
+			snprintf(cfg.ktls_why, sizeof cfg.ktls_why, "the probe's loopback connection: %s (%s)",
+				 strerrorname_np(errno), strerror(errno));
+		if (cfg.ktls == KTLS_FORCE && avail != 1) {
+			fprintf(stderr, "%s: --ktls force: no kernel TLS here (%s)\n",
+				program_invocation_short_name, cfg.ktls_why);
+			return EXIT_RUNTIME;
+		}
+		cfg.ktls_on = avail == 1;
+	}
 	signal(SIGPIPE, SIG_IGN); /* belt and braces: every send already says MSG_NOSIGNAL */
 
 	/* A thousand connections need a thousand descriptors, in the dispatcher

@@ -38,6 +38,8 @@
 
 enum model { M_HANDOFF, M_FORK, M_REUSEPORT, M_PROXY };
 extern const char *const model_names[];
+enum { KTLS_OFF, KTLS_AUTO, KTLS_FORCE }; /* --ktls, in the order of ktls_names */
+extern const char *const ktls_names[];
 
 struct config {
 	int model, workers, die_at, header_ms, inflight_max, queue_max;
@@ -46,6 +48,9 @@ struct config {
 	int tls, handshake_ms; /* --tls, --handshake-timeout */
 	int handshakes_max;    /* --tls: handshakes in flight at once */
 	int read_ahead;        /* --read-ahead */
+	int ktls;              /* --ktls: KTLS_OFF, KTLS_AUTO or KTLS_FORCE */
+	int ktls_on;           /* the workers install each session in the kernel */
+	char ktls_why[200];    /* what the probe at start found, in one line */
 	SSL_CTX *ctx;          /* --tls: the dispatcher's server context */
 };
 

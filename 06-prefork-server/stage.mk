@@ -3,7 +3,7 @@
 # --tls uses stage 05's after-handshake handoff (tls_export, record layer,
 # state codec).
 SRV06_SRC := $(addprefix 06-prefork-server/,handoff_server.c dispatcher.c worker.c models.c \
-	tls_dispatch.c demo.c main.c http.c) 05-ssl/tls_export.c 05-ssl/record.c \
+	tls_dispatch.c demo.c main.c http.c) 05-ssl/tls_export.c 05-ssl/record.c 05-ssl/ktls.c \
 	05-ssl/handoff_state.c $(FDPASS) $(COMMON)
 $(eval $(call prog,06-prefork-server/handoff_server,$(SRV06_SRC),-lssl -lcrypto))
 $(OUT)06-prefork-server/handoff_server: | need-ssl-05

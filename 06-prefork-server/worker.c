@@ -2,17 +2,20 @@
  * worker.c - stage 06: a worker's life. One epoll loop serves many
  * connections at once, with the same HTTP responder in every model: it reads
  * requests (pipelined or not), answers them, bounds a slow client with a
- * deadline, and with --tls carries on the session the dispatcher handed over
- * (stage 05's record layer). handoff_server.c's worker_chan() feeds it the
- * descriptors it receives.
+ * deadline, and with --tls carries on the session the dispatcher handed over:
+ * on stage 05's record layer, or with --ktls installed in the kernel, which
+ * then seals on send(2) and opens on recvmsg(2). handoff_server.c's
+ * worker_chan() feeds it the descriptors it receives.
  *
  * Run it: as part of ./handoff_server --serve (see handoff_server.c).
  * See also: epoll(7) (level-triggered EPOLLIN/EPOLLOUT), shutdown(2),
  * RFC 9112 (persistent connections, pipelining), RFC 8446 section 6 (alerts),
- * ../05-ssl/tls_export.h.
+ * ../05-ssl/tls_export.h, ../05-ssl/ktls.h, the kernel's
+ * Documentation/networking/tls.rst.
  */
 #define _GNU_SOURCE
 #include "../03-scm-rights/fdpass.h"
+#include "../05-ssl/ktls.h"
 #include "../05-ssl/tls_export.h"
 #include "../common/util.h"
 #include "http.h"
@@ -55,6 +58,7 @@ struct conn {
 	/* --tls: the session taken over from the dispatcher. `in` and `out` hold
 	 * plaintext; `tout` the sealed records on their way to the socket. */
 	struct tlsx_sess *tls;
+	int ktls;            /* --ktls: the session is in the kernel (tls is NULL) */
 	uint32_t mask;       /* the events registered for it in epoll */
 	int bye;             /* the alert to send at close (close_notify), -1: none */
 	size_t tout_len, tout_off;
@@ -67,10 +71,18 @@ struct conn {
 };
 
 
-static void tls_goodbye(struct conn *c)
+/* Sends c->bye, the alert that ends the session (close_notify, or the
+ * fatal alert an error chose), if there is one and the socket takes it.
+ * Returns the alert sent, or -1. */
+static int tls_goodbye(struct conn *c)
 {
 	uint8_t rec[64];
 	size_t len;
+	int bye = c->bye;
+	c->bye = -1;
+	if (c->ktls) /* the kernel seals it, after whatever it already took whole */
+		return bye >= 0 && ktls_send_alert(c->fd, bye == ALERT_CLOSE_NOTIFY ? 1 : 2, bye) == 0
+		       ? bye : -1;
 	/* Never into the middle of a record: the rest of a half-sent one goes
 	 * first, and if the socket will not take it now, no alert at all (RFC
 	 * 8446 section 5: records are not interleaved within one another). */
@@ -82,10 +94,11 @@ static void tls_goodbye(struct conn *c)
 		if (r > 0)
 			c->tout_off += (size_t)r;
 	}
-	if (c->tls && c->bye >= 0 && c->tout_off >= c->tout_len &&
-	    tlsx_seal_alert(c->tls, c->bye, rec, sizeof rec, &len) == 0)
-		(void)!send(c->fd, rec, len, MSG_NOSIGNAL | MSG_DONTWAIT);
-	c->bye = -1;
+	if (c->tls && bye >= 0 && c->tout_off >= c->tout_len &&
+	    tlsx_seal_alert(c->tls, bye, rec, sizeof rec, &len) == 0 &&
+	    send(c->fd, rec, len, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)len)
+		return bye;
+	return -1;
 }
 
 static void conn_close(struct worker *w, struct conn *c)
@@ -94,8 +107,10 @@ static void conn_close(struct worker *w, struct conn *c)
 	 * the open file lives on, and so would its registration in our epoll set
 	 * (stage 04's epoll trap; epoll(7), Q6) - events for a number we no longer own. */
 	epoll_ctl(w->ep, EPOLL_CTL_DEL, c->fd, NULL);
+	int bye = c->tls || c->ktls ? tls_goodbye(c) : -1;
+	if (bye >= 0)
+		ev(w->n, "goodbye", "client", "alert=%s", rec_alert_name(bye));
 	if (c->tls) {
-		tls_goodbye(c);
 		tlsx_sess_free(c->tls); /* keys and secrets wiped */
 		free(c->tls);
 	}
@@ -106,10 +121,60 @@ static void conn_close(struct worker *w, struct conn *c)
 	w->done++;
 }
 
+/*
+ * --ktls: moves c's session into the kernel (ktls.h): TLS_TX and TLS_RX
+ * from the state the dispatcher exported, at the next record of each
+ * direction. Nothing of the session is buffered here yet (the dispatcher
+ * never reads application data, and OpenSSL read no byte past the client's
+ * Finished), so the kernel starts exactly where the socket stands. 0: in
+ * the kernel (c->tls freed, its keys wiped), or TCP_ULP refused with the
+ * socket untouched (c keeps the record layer); -1: half installed, close.
+ * TCP_ULP attaches to an established connection only: a client that has
+ * already sent its FIN (CLOSE_WAIT) gets ENOTCONN, and the record layer
+ * serves what it sent before it.
+ * Test-only: HANDOFF_SERVER_KTLS_REFUSE_RX=1 makes TLS_RX refused.
+ */
+static int conn_to_kernel(struct worker *w, struct conn *c)
+{
+	static int told; /* a refused ULP is said once per worker, not per connection */
+	unsigned flags = getenv("HANDOFF_SERVER_KTLS_REFUSE_RX") ? KTLS_TEST_REFUSE_RX : 0;
+	int s = ktls_install(c->fd, &c->tls->rd, &c->tls->wr, flags);
+	int e = errno;
+	if (s == KTLS_OK)
+		ev(w->n, "ktls", NULL, "installed=1");
+	else
+		ev(w->n, "ktls", NULL, "installed=0 errno=%s", strerrorname_np(e));
+	if (s == KTLS_NO_ULP && e == ENOTCONN) {
+		if (w->cfg->verbose)
+			say(w->n, "fd %d: the client has closed its side already (setsockopt TCP_ULP: "
+				  "ENOTCONN): my own record layer serves what it sent", c->fd);
+		return 0;
+	}
+	if (s == KTLS_NO_ULP) {
+		if (!told++)
+			say(w->n, "kernel TLS refused (setsockopt TCP_ULP: %s): the socket is untouched, "
+				  "using my own record layer", strerrorname_np(e));
+		return 0;
+	}
+	if (s == KTLS_BROKEN) {
+		/* No fallback: the kernel may already seal what is written. */
+		say(w->n, "fd %d: kernel TLS half installed (%s (%s)): closing the connection, "
+			  "never my own records on it", c->fd, strerrorname_np(e), strerror(e));
+		return -1;
+	}
+	if (w->cfg->verbose)
+		say(w->n, "fd %d: kernel TLS installed: plain send and recvmsg from here", c->fd);
+	tlsx_sess_free(c->tls);
+	free(c->tls);
+	c->tls = NULL;
+	c->ktls = 1;
+	return 0;
+}
+
 /* Takes fd over: it becomes one of this worker's connections, or is closed.
  * With a session state (--tls; the len bytes at state, wiped here), it
- * carries the session on with stage 05's record layer. 0: added; -1: out of
- * room, closed; -2: a state that does not decode (fail closed: the
+ * carries the session on with stage 05's record layer, or in the kernel
+ * (--ktls). 0: added; -1: out of room, or kTLS half installed: closed; -2: a state that does not decode (fail closed: the
  * connection is acknowledged, so never sent again, and closed, as no one
  * can speak its session). */
 int conn_add(struct worker *w, int fd, const uint8_t *state, size_t len)
@@ -143,10 +208,11 @@ int conn_add(struct worker *w, int fd, const uint8_t *state, size_t len)
 	c->deadline = now_ms() + w->cfg->header_ms;
 	/* The descriptor is non-blocking already: O_NONBLOCK lives in the open
 	 * file description, which the dispatcher's accept4(SOCK_NONBLOCK) set. */
-	if (ep_add(w->ep, fd, EPOLLIN, tag(T_CONN, (uint32_t)fd)) < 0) {
-		if (tls) {
-			tlsx_sess_free(tls);
-			free(tls);
+	if ((tls && w->cfg->ktls_on && conn_to_kernel(w, c) < 0) ||
+	    ep_add(w->ep, fd, EPOLLIN, tag(T_CONN, (uint32_t)fd)) < 0) {
+		if (c->tls) {
+			tlsx_sess_free(c->tls);
+			free(c->tls);
 		}
 		close(fd);
 		free(c);
@@ -198,10 +264,58 @@ static int conn_respond(struct worker *w, struct conn *c)
 }
 
 /*
+ * conn_recv for a session in the kernel: application data comes as bytes
+ * (the kernel has opened the records); the first record of another type
+ * arrives alone, with its type in a control message, and ends the client's
+ * data (close_notify: 0) or the connection (EPROTO, c->bye the alert to
+ * answer with, or -1). want: at most this many bytes (> 0) into buf.
+ */
+static ssize_t conn_recv_kernel(struct conn *c, char *buf, size_t want)
+{
+	/* Room to judge any record that is not data: an alert is 2 bytes, a
+	 * KeyUpdate 5; a longer one is malformed whatever follows. */
+	unsigned char ctl[8];
+	int type = CT_APPLICATION_DATA, alert, requested;
+	ssize_t r = 1;
+	if (want < sizeof ctl) /* too little room to judge one by its length: look first */
+		r = ktls_recv(c->fd, ctl, sizeof ctl, &type, 0, MSG_PEEK);
+	if (r > 0)
+		r = type == CT_APPLICATION_DATA ? ktls_recv(c->fd, buf, want, &type, 0, 0)
+						: ktls_recv(c->fd, ctl, sizeof ctl, &type, 0, 0);
+	if (r < 0 && errno == EBADMSG) {
+		c->bye = ALERT_BAD_RECORD_MAC; /* a record that fails authentication */
+		errno = EPROTO;
+	}
+	if (r < 0 && errno != EAGAIN && errno != EINTR && errno != EPROTO)
+		c->bye = -1; /* the socket is broken: nobody to tell */
+	if (r == 0)
+		c->bye = -1; /* TCP EOF without close_notify */
+	if (r <= 0)
+		return r;
+	if (type == CT_APPLICATION_DATA) {
+		c->turn_left -= (size_t)r;
+		return r;
+	}
+	const unsigned char *b = want < sizeof ctl ? ctl : (const unsigned char *)buf;
+	switch (ktls_control(type, b, (size_t)r, &alert, &requested)) {
+	case KTLS_CLOSE_NOTIFY:
+		return 0; /* answered with ours when we close */
+	case KTLS_PEER_ALERT:
+		c->bye = -1;
+		break;
+	default: /* a KeyUpdate this kernel cannot follow (before 6.14), or a bad record */
+		c->bye = alert;
+	}
+	errno = EPROTO;
+	return -1;
+}
+
+/*
  * Plaintext in, like read(2): > 0 bytes, 0 at the end of the client's data,
  * -1 with errno (EAGAIN: nothing more yet). With --tls it reads raw bytes
  * into the session (whole records are opened; a partial one waits in the
- * session's buffer for the rest) and hands out what they decrypt to. The
+ * session's buffer for the rest) and hands out what they decrypt to; with
+ * --ktls the kernel does that (conn_recv_kernel). The
  * client's close_notify is its end of data; a bad record or a fatal alert
  * ends the connection (EPROTO).
  */
@@ -211,6 +325,8 @@ static ssize_t conn_recv(struct conn *c, char *buf, size_t cap)
 		errno = EAGAIN;
 		return -1;
 	}
+	if (c->ktls)
+		return conn_recv_kernel(c, buf, cap < c->turn_left ? cap : c->turn_left);
 	if (!c->tls) {
 		ssize_t r = read(c->fd, buf, cap < c->turn_left ? cap : c->turn_left);
 		if (r > 0)
@@ -565,7 +681,7 @@ static int keep_over_exec(int fd)
  */
 _Noreturn void worker_exec(struct nar *n, const struct config *cfg, int chan, int lfd, int port)
 {
-	char a[11][24];
+	char a[12][24];
 	snprintf(a[0], sizeof a[0], "%d", chan);
 	snprintf(a[1], sizeof a[1], "%d", lfd);
 	snprintf(a[2], sizeof a[2], "%d", n->trace_fd);
@@ -577,8 +693,9 @@ _Noreturn void worker_exec(struct nar *n, const struct config *cfg, int chan, in
 	snprintf(a[8], sizeof a[8], "%d", cfg->verbose);
 	snprintf(a[9], sizeof a[9], "%d", port);
 	snprintf(a[10], sizeof a[10], "%d", cfg->workers);
+	snprintf(a[11], sizeof a[11], "%d", cfg->ktls_on);
 	char *argv[] = { "handoff_server", "--worker-role", (char *)n->role, a[0], a[1], a[2], a[3],
-			 a[4], a[5], a[6], a[7], a[8], a[9], a[10], NULL };
+			 a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], NULL };
 	if (keep_over_exec(chan) == 0 && keep_over_exec(lfd) == 0 &&
 	    keep_over_exec(n->trace_fd) == 0 && keep_over_exec(n->seq_fd) == 0)
 		execv("/proc/self/exe", argv); /* the same binary, even if the file was replaced */
@@ -598,13 +715,13 @@ static int arg_int(const char *s)
 }
 
 /* main() with "--worker-role ROLE CHAN LFD TRACE SEQ QUIET MODEL TLS
- * HEADER_MS VERBOSE PORT WORKERS" (what worker_exec passes): the worker's
+ * HEADER_MS VERBOSE PORT WORKERS KTLS_ON" (what worker_exec passes): the worker's
  * life in the fresh image. Not for people: the dispatcher starts it. */
 _Noreturn void worker_exec_main(int argc, char **argv)
 {
 	static struct config cfg;
 	static struct nar n;
-	if (argc != 14) {
+	if (argc != 15) {
 		fprintf(stderr, "handoff_server: --worker-role is for the dispatcher only\n");
 		exit(EXIT_USAGE);
 	}
@@ -617,6 +734,7 @@ _Noreturn void worker_exec_main(int argc, char **argv)
 	cfg.header_ms = arg_int(argv[10]);
 	cfg.verbose = arg_int(argv[11]);
 	cfg.workers = arg_int(argv[13]);
+	cfg.ktls_on = arg_int(argv[14]);
 	int chan = arg_int(argv[3]), lfd = arg_int(argv[4]);
 	/* back to close-on-exec: nothing a worker might run gets them */
 	fcntl(chan, F_SETFD, FD_CLOEXEC);

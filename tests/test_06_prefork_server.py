@@ -765,7 +765,8 @@ def test_tls_failed_handshakes_are_counted_and_closed(serve):
     assert tls_get(s.port)[0] == 200
 
 
-@pytest.mark.parametrize("args", [["--tls"], ["--serve", "--model", "proxy", "--tls"], ["--serve", "--read-ahead"]])
+@pytest.mark.parametrize("args", [["--tls"], ["--serve", "--model", "proxy", "--tls"], ["--serve", "--read-ahead"],
+                                  ["--serve", "--ktls", "auto"], ["--serve", "--tls", "--ktls", "on"]])
 def test_tls_bad_arguments_exit_2(args):
     r = run(PROG, *args, expect=2)
     assert len(r.stderr.strip().splitlines()) == 1

@@ -1,4 +1,5 @@
-"""Kernel TLS (stage 05, --ktls): the handed-off session runs in the kernel.
+"""Kernel TLS (stage 05 --ktls, stage 06 --tls --ktls): the handed-off
+session runs in the kernel.
 
 These tests need a kernel that takes TCP_ULP "tls"; `make test-ktls` boots
 one under qemu (tests/ktls/) and runs this file inside it. Elsewhere they
@@ -23,6 +24,7 @@ from conftest import ROOT, SAN, WAIT, read_trace, run
 from test_05_ssl import (  # noqa: F401  (s_client is a fixture)
     PROG, SUITES, Lines, RawTLS, _forged_record, client_ctx, connect, events, s_client,
 )
+import test_06_prefork_server as t06
 
 TCP_ULP = getattr(socket, "TCP_ULP", 31)  # <netinet/tcp.h>
 GUEST = os.environ.get("KTLS_GUEST") == "1"
@@ -220,3 +222,229 @@ def test_rx_refused_after_tx_closes_never_falls_back(serve, tmp_path):
     t = read_trace(trace)
     assert ktls_events(trace) == [0]
     assert not events(t, "worker", "reply")
+
+
+# ---------------------------------------------------------------------------
+# Stage 06: --tls --ktls, each worker puts the sessions it takes in the kernel
+# ---------------------------------------------------------------------------
+
+PROG06 = t06.PROG
+
+
+def events_06(trace, event):
+    """Every worker's events of that name (the roles are worker-0, ...)."""
+    return [e for e in read_trace(trace) if e["role"].startswith("worker-") and e["event"] == event]
+
+
+def ktls_events_06(trace):
+    """(installed, errno) of every worker's "ktls" event: errno None when installed."""
+    return [(e["installed"], e.get("errno")) for e in events_06(trace, "ktls")]
+
+
+def tls_stat():
+    """The kernel's own count of kTLS sessions (/proc/net/tls_stat, there once
+    the tls module is loaded): TlsTxSw and TlsRxSw go up by one for each
+    direction installed with software crypto."""
+    with open("/proc/net/tls_stat") as f:
+        return {k: int(v) for k, v in (line.split() for line in f)}
+
+
+def stat_delta(before):
+    after = tls_stat()
+    return after["TlsTxSw"] - before["TlsTxSw"], after["TlsRxSw"] - before["TlsRxSw"]
+
+
+@pytest.mark.skipif(HAVE_KTLS, reason="this kernel has kTLS: see the tests below")
+def test_06_without_ktls_force_fails_and_auto_says_why_once(serve):
+    r = run(PROG06, "--serve", "--tls", "--ktls", "force", expect=1)
+    assert r.stderr.splitlines() == [
+        'handoff_server: --ktls force: no kernel TLS here (setsockopt TCP_ULP "tls": '
+        "ENOENT (No such file or directory): no kTLS in this kernel)"
+    ]
+    s = serve(PROG06, "--workers", "2", "--tls", "--ktls", "auto")
+    assert t06.tls_get(s.port)[0] == 200  # on the workers' own record layer
+    s.stop()
+    said = [l for l in s.lines if "kernel TLS" in l]  # said once, by the dispatcher
+    assert len(said) == 1 and "kernel TLS: not available here (setsockopt TCP_ULP" in said[0]
+    assert said[0].endswith("the workers use their own record layer")
+
+
+@needs_ktls
+@pytest.mark.parametrize("suite", SUITES)
+def test_06_curl_each_connection_in_the_kernel(serve, tmp_path, suite):
+    """curl, keep-alive and Connection: close. The dispatcher runs the
+    handshake; the worker installs the session (the kernel counts it in
+    /proc/net/tls_stat) and answers both requests of the kept-alive
+    connection with plain send."""
+    trace = tmp_path / "t.jsonl"
+    s = serve(PROG06, "--workers", "2", "--tls", "--ktls", "auto", "--trace", trace)
+    (said,) = t06.wait_count(s, r"kernel TLS: ", 1)
+    assert re.search(r"kernel TLS: available here \(setsockopt TCP_ULP", said), said
+    before = tls_stat()
+    url = f"https://127.0.0.1:{s.port}"
+    out = subprocess.run(
+        [t06.CURL, "-sSkv", "--tlsv1.3", "--tls13-ciphers", suite, "--max-time", str(WAIT),
+         "-w", " connects=%{num_connects} code=%{http_code}\n", f"{url}/one", f"{url}/two"],
+        capture_output=True, timeout=WAIT * 2,
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"SSL connection using TLSv1.3 / {suite}".encode() in out.stderr, out.stderr
+    lines = out.stdout.decode().splitlines()
+    pids = [int(re.match(r"served by worker (\d+) ", l).group(1)) for l in lines]
+    assert lines[0].endswith("connects=1 code=200") and lines[1].endswith("connects=0 code=200")
+    assert pids[0] == pids[1] in t06.children(s.pid)
+    out = subprocess.run(
+        [t06.CURL, "-sSki", "--tls13-ciphers", suite, "--max-time", str(WAIT),
+         "-H", "Connection: close", f"{url}/bye"],
+        capture_output=True, timeout=WAIT * 2,
+    )
+    assert out.returncode == 0, out.stderr
+    assert b"HTTP/1.1 200" in out.stdout and b"Connection: close" in out.stdout
+    c = t06.counters_until(s, lambda c: c["acked"] == 2)
+    assert c["accepted"] == 2 and c["tls_failed"] == c["tls_unexportable"] == 0
+    assert stat_delta(before) == (2, 2)
+    s.stop()
+    assert ktls_events_06(trace) == [(1, None)] * 2
+
+
+@needs_ktls
+@pytest.mark.parametrize("close", [False, True], ids=["keep-alive", "close"])
+def test_06_wrk_every_connection_in_the_kernel(serve, tmp_path, close):
+    """wrk over HTTPS gets only 200s, and every connection a worker took was
+    installed in the kernel: as many as the dispatcher handed off, by the
+    workers' trace and by the kernel's count."""
+    trace = tmp_path / "t.jsonl"
+    s = serve(PROG06, "--workers", "2", "--tls", "--ktls", "force", "--trace", trace)
+    before = tls_stat()
+    args = ["wrk", "-t1", "-c8", "-d1s", "--timeout", "5s"]
+    if close:
+        args += ["-H", "Connection: close"]
+    out = subprocess.run(args + [f"https://127.0.0.1:{s.port}/"], capture_output=True, text=True,
+                         timeout=WAIT * 2)
+    assert out.returncode == 0, out.stderr
+    done = int(re.search(r"(\d+) requests in", out.stdout).group(1))
+    assert done > 0, out.stdout
+    assert "Non-2xx" not in out.stdout and "Socket errors" not in out.stdout, out.stdout
+    # wrk has closed every connection; a handshake it left half-way is
+    # counted as failed by the dispatcher, never handed off
+    c = t06.counters_until(s, lambda c: c["accepted"] == c["acked"] + c["tls_failed"])
+    assert c["acked"] >= (done if close else 1), c  # with close: a connection per request
+    assert c["tls_unexportable"] == 0
+    delta = stat_delta(before)
+    s.stop()
+    got = ktls_events_06(trace)
+    assert len(got) == c["acked"]
+    # Every session a worker took went into the kernel, but for those wrk
+    # closed at the end of its run between the handshake and the install:
+    # TCP_ULP attaches to an established connection only (ENOTCONN), and
+    # those are left to the record layer, which reads their EOF.
+    installed = got.count((1, None))
+    assert got.count((0, "ENOTCONN")) == len(got) - installed <= 8
+    assert delta == (installed, installed)
+
+
+@needs_ktls
+def test_06_pipelined_requests_and_close_notify_through_the_kernel(serve, tmp_path):
+    """Forty requests in one write are answered in order. Then a request
+    head one byte short of the worker's buffer: the worker has room for one
+    byte, and the client's close_notify that follows is a 2-byte record
+    that must still be judged whole (the worker looks with MSG_PEEK before
+    it reads into so little room). unwrap() returns once the worker answered
+    with its own close_notify, through the kernel."""
+    trace = tmp_path / "t.jsonl"
+    s = serve(PROG06, "--workers", "1", "--tls", "--ktls", "force", "--trace", trace)
+    with t06.tls_connect(s.port, t06.tls_context()) as c:
+        c.sendall(b"".join(f"GET /{i} HTTP/1.1\r\nHost: t\r\n\r\n".encode() for i in range(40)))
+        buf = bytearray()
+        got = [t06.tls_response(c, buf) for _ in range(40)]
+        assert [g[0] for g in got] == [200] * 40 and not buf
+        head = b"GET / HTTP/1.1\r\nX: "
+        c.sendall(head + b"a" * (8192 - 1 - len(head)))
+        c.unwrap()
+    s.stop()
+    assert ktls_events_06(trace) == [(1, None)]
+    assert [e["alert"] for e in events_06(trace, "goodbye")] == ["close_notify"]
+
+
+@needs_ktls
+def test_06_key_update_ends_the_connection_with_an_alert(serve):
+    """s_client's "K" sends a KeyUpdate. On the workers' own record layer the
+    next request is answered (test_06_prefork_server.py); with the session
+    in a kernel before 6.14, which cannot take the client's next key, the
+    worker ends the connection with internal_error and answers nothing."""
+    s = serve(PROG06, "--workers", "1", "--tls", "--ktls", "force")
+    p = subprocess.Popen(["openssl", "s_client", "-tls1_3", "-crlf", "-connect", f"127.0.0.1:{s.port}"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        p.stdin.write(b"GET /1 HTTP/1.1\n\n")
+        p.stdin.flush()
+        assert b"HTTP/1.1 200 OK" in t06.read_until(p.stdout, b"served by worker")
+        p.stdin.write(b"K\n")
+        p.stdin.flush()
+        t06.read_until(p.stderr, b"KEYUPDATE")
+        p.stdin.write(b"GET /2 HTTP/1.1\n\n")
+        p.stdin.flush()
+        t06.read_until(p.stderr, b"alert internal error")
+        assert p.wait(WAIT) != 0
+        assert b"served by worker" not in p.stdout.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(WAIT)
+        p.stdin.close()
+        p.stdout.close()
+        p.stderr.close()
+
+
+@needs_ktls
+def test_06_rx_refused_after_tx_closes_never_falls_back(serve, tmp_path):
+    """TLS_TX is in and TLS_RX refused (a test-only switch): the worker closes
+    the connection, and the kernel's count shows one direction installed."""
+    trace = tmp_path / "t.jsonl"
+    env = {**os.environ, "HANDOFF_SERVER_KTLS_REFUSE_RX": "1"}
+    s = serve(PROG06, "--workers", "1", "--tls", "--ktls", "force", "--trace", trace, env=env)
+    before = tls_stat()
+    with t06.tls_connect(s.port, t06.tls_context()) as c:
+        c.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        # EOF, or a reset for the request the worker never read: not one
+        # byte of application data (records of the worker's own, sealed
+        # again by the kernel, would arrive as garbage)
+        try:
+            got = t06.until_eof(c)
+        except ConnectionResetError:
+            got = b""
+        assert got == b""
+    c = t06.counters_until(s, lambda c: c["acked"] == 1)
+    assert stat_delta(before) == (1, 0)
+    t06.wait_count(s, r"kernel TLS half installed \(ENOPROTOOPT .*\): closing the connection", 1)
+    s.stop()
+    assert ktls_events_06(trace) == [(0, "ENOPROTOOPT")]
+
+
+@needs_ktls
+def test_06_client_closed_before_the_install_is_left_to_the_record_layer(serve, tmp_path):
+    """TCP_ULP attaches to an ESTABLISHED connection only. The client sends
+    its Finished, a request and its FIN in one segment (TCP_CORK holds the
+    first two; shutdown() puts the FIN on them), so the connection is in
+    CLOSE_WAIT before the dispatcher has finished the handshake. The worker's
+    install gets ENOTCONN with the socket untouched, and its own record layer
+    answers the request."""
+    trace = tmp_path / "t.jsonl"
+    s = serve(PROG06, "--workers", "1", "--tls", "--ktls", "force", "--trace", trace)
+    before = tls_stat()
+    with socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) as raw:
+        obj, incoming, outgoing = t06.bio_handshake(t06.tls_context(), raw)
+        obj.write(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        raw.sendall(outgoing.read())  # the client's Finished and the request, held
+        raw.shutdown(socket.SHUT_WR)  # ... and sent now, with the FIN
+        incoming.write(t06.until_eof(raw))
+        incoming.write_eof()
+    plain = obj.read(65536)
+    assert plain.startswith(b"HTTP/1.1 200 OK") and t06.BODY.search(plain)
+    t06.counters_until(s, lambda c: c["acked"] == 1)
+    assert stat_delta(before) == (0, 0)
+    s.stop()
+    assert ktls_events_06(trace) == [(0, "ENOTCONN")]
+    # the client ended with a TCP FIN, not close_notify: nothing to answer
+    assert not events_06(trace, "goodbye")

@@ -115,10 +115,51 @@ static int install_dir(int fd, int optname, const struct rec_dir *d)
 	return rc;
 }
 
+/* With the ULP already attached: 1 if the direction is in the kernel and is
+ * exactly d, 0 if it is not in yet (EBUSY), -1/errno otherwise (EPROTO: it
+ * is another state). The copies read back are wiped. */
+static int dir_matches(int fd, int optname, const struct rec_dir *d)
+{
+	union crypto_info want, got;
+	socklen_t len, glen;
+	int rc = fill(&want, d, &len);
+	if (rc == 0) {
+		glen = len; /* the kernel answers with the whole state only to its exact size */
+		memset(&got, 0, sizeof got);
+		if (getsockopt(fd, SOL_TLS, optname, &got, &glen) == 0)
+			rc = glen == len && memcmp(&got, &want, len) == 0 ? 1 : (errno = EPROTO, -1);
+		else
+			rc = errno == EBUSY ? 0 : errno == EINVAL ? (errno = EPROTO, -1) : -1;
+	}
+	int saved = errno;
+	OPENSSL_cleanse(&want, sizeof want);
+	OPENSSL_cleanse(&got, sizeof got);
+	errno = saved;
+	return rc;
+}
+
 int ktls_install(int fd, const struct rec_dir *rd, const struct rec_dir *wr, unsigned flags)
 {
-	if (setsockopt(fd, IPPROTO_TCP, TCP_ULP, "tls", sizeof "tls") < 0)
-		return KTLS_NO_ULP;
+	if (setsockopt(fd, IPPROTO_TCP, TCP_ULP, "tls", sizeof "tls") < 0) {
+		if (errno != EEXIST)
+			return KTLS_NO_ULP;
+		/* Someone before us attached it, and may have installed a
+		 * direction or both before it died. What is in must be our state
+		 * to the byte (the same suite, key, iv, next sequence number: no
+		 * record went through it since); what is not, we put in. */
+		int tx = dir_matches(fd, TLS_TX, wr), rx = tx < 0 ? -1 : dir_matches(fd, TLS_RX, rd);
+		if (tx < 0 || rx < 0)
+			return KTLS_BROKEN;
+		if (tx == 0 && install_dir(fd, TLS_TX, wr) < 0)
+			return KTLS_BROKEN;
+		if (rx == 0 && (flags & KTLS_TEST_REFUSE_RX)) {
+			errno = ENOPROTOOPT;
+			return KTLS_BROKEN;
+		}
+		if (rx == 0 && install_dir(fd, TLS_RX, rd) < 0)
+			return KTLS_BROKEN;
+		return KTLS_ADOPTED;
+	}
 	/* From here on the socket is the kernel's TLS socket, and a failure
 	 * leaves it half-done: with TLS_TX in, everything written is sealed by
 	 * the kernel, so records sealed in user space would be sealed twice,

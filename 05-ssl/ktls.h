@@ -39,6 +39,8 @@ enum ktls_status {
 	KTLS_NO_ULP = 1, /* TCP_ULP refused: the socket is untouched, user space may go on */
 	KTLS_BROKEN = 2, /* the ULP is attached but a direction failed: close the socket,
 			  * never write records of one's own on it */
+	KTLS_ADOPTED = 3, /* both directions are in the kernel, and were (some or all)
+			   * already: put there by a process that held the socket before */
 };
 
 /* Test-only: refuse TLS_RX after TLS_TX is in (as a kernel without the
@@ -47,8 +49,15 @@ enum { KTLS_TEST_REFUSE_RX = 1 };
 
 /*
  * Attaches TCP_ULP "tls" to the connected socket fd, then TLS_TX from wr and
- * TLS_RX from rd. Returns a ktls_status; errno says why for the other two
- * (ENOENT for NO_ULP: no tls module). fd stays the caller's either way.
+ * TLS_RX from rd. Returns a ktls_status; errno says why for NO_ULP and BROKEN
+ * (NO_ULP: ENOENT, no tls module; ENOTCONN, the connection is no longer
+ * established). fd stays the caller's either way.
+ * A socket can outlive a process that began this on it (stage 06: a worker
+ * that dies before its ack; the dispatcher hands the same descriptor and
+ * state to another). Then TCP_ULP says EEXIST, and each direction already in
+ * the kernel must be exactly wr or rd - suite, key, iv and sequence number,
+ * read back with getsockopt - or the result is BROKEN (EPROTO); a direction
+ * not in yet is installed. That gives ADOPTED.
  */
 int ktls_install(int fd, const struct rec_dir *rd, const struct rec_dir *wr, unsigned flags);
 

@@ -51,3 +51,7 @@ KTLS_BENCH_SRC := 05-ssl/ktls_bench.c 05-ssl/record.c 05-ssl/handoff_state.c 05-
 	05-ssl/ktls.c $(COMMON)
 $(eval $(call prog,05-ssl/ktls_bench,$(KTLS_BENCH_SRC),-lssl -lcrypto))
 $(OUT)05-ssl/ktls_bench: | need-ssl-05
+
+# ktls_install on a socket a first holder began (test machinery, run in the guest).
+$(eval $(call prog,05-ssl/ktls_test,05-ssl/ktls_test.c 05-ssl/ktls.c $(COMMON),-lcrypto))
+$(OUT)05-ssl/ktls_test: | need-ssl-05

@@ -126,8 +126,9 @@ static void conn_close(struct worker *w, struct conn *c)
  * from the state the dispatcher exported, at the next record of each
  * direction. Nothing of the session is buffered here yet (the dispatcher
  * never reads application data, and OpenSSL read no byte past the client's
- * Finished), so the kernel starts exactly where the socket stands. 0: in
- * the kernel (c->tls freed, its keys wiped), or TCP_ULP refused with the
+ * Finished), so the kernel starts exactly where the socket stands. A
+ * worker that died before its ack may have begun this on the same socket:
+ * ktls_install then checks what it left (KTLS_ADOPTED). 0: in the kernel (c->tls freed, its keys wiped), or TCP_ULP refused with the
  * socket untouched (c keeps the record layer); -1: half installed, close.
  * TCP_ULP attaches to an established connection only: a client that has
  * already sent its FIN (CLOSE_WAIT) gets ENOTCONN, and the record layer
@@ -140,8 +141,8 @@ static int conn_to_kernel(struct worker *w, struct conn *c)
 	unsigned flags = getenv("HANDOFF_SERVER_KTLS_REFUSE_RX") ? KTLS_TEST_REFUSE_RX : 0;
 	int s = ktls_install(c->fd, &c->tls->rd, &c->tls->wr, flags);
 	int e = errno;
-	if (s == KTLS_OK)
-		ev(w->n, "ktls", NULL, "installed=1");
+	if (s == KTLS_OK || s == KTLS_ADOPTED)
+		ev(w->n, "ktls", NULL, "installed=1 adopted=%d", s == KTLS_ADOPTED);
 	else
 		ev(w->n, "ktls", NULL, "installed=0 errno=%s", strerrorname_np(e));
 	if (s == KTLS_NO_ULP && e == ENOTCONN) {
@@ -162,7 +163,10 @@ static int conn_to_kernel(struct worker *w, struct conn *c)
 			  "never my own records on it", c->fd, strerrorname_np(e), strerror(e));
 		return -1;
 	}
-	if (w->cfg->verbose)
+	if (s == KTLS_ADOPTED)
+		say(w->n, "fd %d: kernel TLS was already on this socket, exactly this session (a worker "
+			  "that died before its ack put it there): taking it as it is", c->fd);
+	else if (w->cfg->verbose)
 		say(w->n, "fd %d: kernel TLS installed: plain send and recvmsg from here", c->fd);
 	tlsx_sess_free(c->tls);
 	free(c->tls);

@@ -14,6 +14,7 @@ when a process with CAP_NET_ADMIN sets TCP_ULP (net/ipv4/tcp_ulp.c).
 import errno
 import os
 import re
+import signal
 import socket
 import ssl
 import subprocess
@@ -224,6 +225,24 @@ def test_rx_refused_after_tx_closes_never_falls_back(serve, tmp_path):
     assert not events(t, "worker", "reply")
 
 
+@needs_ktls
+def test_install_checks_what_a_first_holder_left():
+    """05-ssl/ktls_test.c: ktls_install where a process that held the socket
+    before did nothing, attached the ULP, installed TLS_TX, or both - with
+    the same state (adopted), or one differing in a sequence number, a key,
+    an iv, the suite (BROKEN, EPROTO)."""
+    r = run("05-ssl/ktls_test")
+    lines = r.stdout.splitlines()
+    assert lines[-1] == "result: ktls_test=pass cases=10", r.stdout
+    assert sum(": ADOPTED" in l for l in lines) == 4 and sum(": BROKEN (EPROTO)" in l for l in lines) == 5
+
+
+@pytest.mark.skipif(HAVE_KTLS, reason="this kernel has kTLS: see the test above")
+def test_install_checks_say_there_is_no_ktls_here():
+    r = run("05-ssl/ktls_test", expect=1)
+    assert r.stderr.startswith("ktls_test: no kernel TLS here (setsockopt TCP_ULP")
+
+
 # ---------------------------------------------------------------------------
 # Stage 06: --tls --ktls, each worker puts the sessions it takes in the kernel
 # ---------------------------------------------------------------------------
@@ -232,8 +251,9 @@ PROG06 = t06.PROG
 
 
 def events_06(trace, event):
-    """Every worker's events of that name (the roles are worker-0, ...)."""
-    return [e for e in read_trace(trace) if e["role"].startswith("worker-") and e["event"] == event]
+    """Every worker's events of that name (the roles are worker-0, ..., and
+    new-worker-0, ... for the ones that replace a dead worker)."""
+    return [e for e in read_trace(trace) if "worker-" in e["role"] and e["event"] == event]
 
 
 def ktls_events_06(trace):
@@ -448,3 +468,52 @@ def test_06_client_closed_before_the_install_is_left_to_the_record_layer(serve, 
     assert ktls_events_06(trace) == [(0, "ENOTCONN")]
     # the client ended with a TCP FIN, not close_notify: nothing to answer
     assert not events_06(trace, "goodbye")
+
+
+@needs_ktls
+def test_06_a_worker_that_dies_before_its_ack_leaves_the_kernel_state_to_the_next(serve, tmp_path):
+    """Two connections in one message to the only worker, which dies before
+    its ack on the second (--die-before-ack 2), after it has put the first
+    one's session in the kernel. The dispatcher gives both, with their
+    states, to the new worker: there TCP_ULP says EEXIST, the directions in
+    the kernel are read back (getsockopt TLS_TX, TLS_RX) and found to be the
+    state it holds, and it serves the connection on them. Both clients get
+    their answer; the kernel counts two sessions, not three."""
+    trace = tmp_path / "t.jsonl"
+    s = serve(PROG06, "--workers", "1", "--tls", "--ktls", "force", "--die-before-ack", "2",
+              "--trace", trace)
+    before_kids, before = t06.children(s.pid), tls_stat()
+    raws, clients = [], []
+    try:
+        for _ in range(2):  # accepted in this order: the second is the one to die on
+            raws.append(socket.create_connection(("127.0.0.1", s.port), timeout=WAIT))
+            clients.append(t06.bio_handshake(t06.tls_context(), raws[-1]))
+        # Both handshakes wait for the client's Finished. Sent while the
+        # dispatcher is stopped, both are there when it wakes: they finish in
+        # one pass of its loop and go to the worker in one message.
+        os.kill(s.pid, signal.SIGSTOP)
+        try:
+            for raw, (obj, _, outgoing) in zip(raws, clients):
+                obj.write(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                raw.sendall(outgoing.read())
+        finally:
+            os.kill(s.pid, signal.SIGCONT)
+        bodies = []
+        for raw, (obj, incoming, _) in zip(raws, clients):
+            incoming.write(t06.until_eof(raw))
+            plain = b""
+            while chunk := obj.read(65536):  # b"": the worker's close_notify
+                plain += chunk
+            assert plain.startswith(b"HTTP/1.1 200 OK"), plain
+            bodies.append(int(t06.BODY.search(plain).group(1)))
+    finally:
+        for raw in raws:
+            raw.close()
+    c = t06.counters_until(s, lambda c: c["acked"] == 2)
+    assert c["redispatched"] == 2 and c["respawned"] == 1 and c["handed_off"] == 4
+    (dead,) = before_kids
+    assert bodies[0] == bodies[1] != dead
+    assert stat_delta(before) == (2, 2)
+    s.stop()
+    got = [(e["pid"], e["installed"], e.get("adopted")) for e in events_06(trace, "ktls")]
+    assert got == [(dead, 1, 0), (bodies[0], 1, 1), (bodies[0], 1, 0)]

@@ -217,20 +217,27 @@ def test_curl_every_model(serve, model):
         assert until_eof(c) == b""
 
 
-@pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("close", [False, True], ids=["keep-alive", "close"])
-def test_wrk_every_model(serve, model, close):
-    """wrk, a real load generator, gets only 200s from every model."""
-    s = serve(PROG, "--model", model, "--workers", "2")
+def wrk(url, close):
+    """wrk, a real load generator, for a second on 8 connections (each request
+    on a new one with close). Checks that it made requests and got only 2xx
+    answers and no socket error; returns how many it made."""
     args = ["wrk", "-t1", "-c8", "-d1s", "--timeout", "5s"]
     if close:
         args += ["-H", "Connection: close"]
-    out = subprocess.run(args + [f"http://127.0.0.1:{s.port}/"], capture_output=True, text=True,
-                         timeout=WAIT * 2)
+    out = subprocess.run(args + [url], capture_output=True, text=True, timeout=WAIT * 2)
     assert out.returncode == 0, out.stderr
     done = int(re.search(r"(\d+) requests in", out.stdout).group(1))
     assert done > 0, out.stdout
     assert "Non-2xx" not in out.stdout and "Socket errors" not in out.stdout, out.stdout
+    return done
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("close", [False, True], ids=["keep-alive", "close"])
+def test_wrk_every_model(serve, model, close):
+    """wrk gets only 200s from every model."""
+    s = serve(PROG, "--model", model, "--workers", "2")
+    wrk(f"http://127.0.0.1:{s.port}/", close)
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -631,6 +638,15 @@ def test_tls_curl_keep_alive_and_close(serve):
     assert BODY.search(out.stdout)
     c = counters_until(s, lambda c: c["acked"] == 2)
     assert c["accepted"] == 2 and c["tls_failed"] == 0 and c["tls_unexportable"] == 0
+
+
+@pytest.mark.parametrize("close", [False, True], ids=["keep-alive", "close"])
+def test_tls_wrk(serve, close):
+    """wrk over HTTPS: only 200s, and every connection handed off is acked."""
+    s = serve(PROG, "--workers", "2", "--tls")
+    wrk(f"https://127.0.0.1:{s.port}/", close)
+    c = counters_until(s, lambda c: c["accepted"] == c["acked"] + c["tls_failed"])
+    assert c["acked"] >= 1 and c["tls_unexportable"] == 0
 
 
 def test_tls_python_client_no_secret_in_output(serve, tmp_path):

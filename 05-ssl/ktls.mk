@@ -4,6 +4,7 @@
 #                     qemu; run tests/test_ktls.py inside, on this machine's
 #                     binaries (its root is mounted read-only over 9p)
 #   make bench-ktls   the same guest, measuring bulk sends (a markdown table)
+#                     and stage 06's workers with and without kernel TLS
 #
 # Nothing is installed into /boot: the kernel package is unpacked into
 # build-ktls/ (common/need.sh deb); the initramfs is built there too.
@@ -31,6 +32,7 @@ test-ktls: all need-test need-ktls $(KTLS_INITRD)
 	    $(KTLS_KERNEL) $(KTLS_INITRD) test
 
 bench-ktls: all need-ktls $(KTLS_INITRD)
+	@$(NEED) cmd wrk wrk
 	@py=$$($(NEED) python) && $$py tests/ktls/guest.py --timeout 400 \
 	    $(KTLS_KERNEL) $(KTLS_INITRD) bench
 

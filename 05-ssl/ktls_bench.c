@@ -4,6 +4,12 @@
  * (record.c, libcrypto's AEAD) and OpenSSL's SSL_write. Prints a markdown
  * table: throughput, and the server's CPU time per GiB sent.
  *
+ * The four run in turn, round after round (A B C D, A B C D, ...), so that
+ * what the machine does meanwhile falls on all of them alike; each row gives
+ * the median of its rounds and their range, and its ratio to SSL_write is
+ * taken round by round. A ratio whose rounds fall on both sides of 1.0 is
+ * called even.
+ *
  * Each way: one loopback connection; a forked client (OpenSSL) handshakes,
  * reads everything up to the close_notify and checks the byte count. The
  * server handshakes with OpenSSL, then (except for SSL_write) exports the
@@ -12,7 +18,7 @@
  * client's exit; CPU is the server's user + system time (kernel TLS seals
  * inside write and sendfile, so its cost is system time).
  *
- *   ./ktls_bench [--mib N] [--suite TLS_AES_128_GCM_SHA256]
+ *   ./ktls_bench [--mib N] [--rounds N (3)] [--suite TLS_AES_128_GCM_SHA256]
  *
  * Needs a kernel with TLS for the first two (`make bench-ktls` boots one);
  * without it those rows say so. Not a lesson: measurement machinery.
@@ -250,24 +256,43 @@ out:
 		close(lfd);
 }
 
+static int by_value(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+/* The median of n values (sorted in place). */
+static double median(double *v, int n)
+{
+	qsort(v, (size_t)n, sizeof *v, by_value);
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+#define MAX_ROUNDS 20
+
 int main(int argc, char **argv)
 {
-	long mib = 64;
+	long mib = 64, rounds = 3;
 	const char *suite = "TLS_AES_128_GCM_SHA256";
 	static const struct option opts[] = { { "mib", required_argument, NULL, 'm' },
+					      { "rounds", required_argument, NULL, 'r' },
 					      { "suite", required_argument, NULL, 's' },
 					      { 0 } };
 	int c;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		if (c == 'm')
 			mib = strtol(optarg, NULL, 10);
+		else if (c == 'r')
+			rounds = strtol(optarg, NULL, 10);
 		else if (c == 's')
 			suite = optarg;
 		else
 			return 2;
 	}
-	if (mib < 1 || mib > 4096 || optind != argc) {
-		fprintf(stderr, "usage: ktls_bench [--mib 1..4096] [--suite NAME]\n");
+	if (mib < 1 || mib > 4096 || rounds < 1 || rounds > MAX_ROUNDS || optind != argc) {
+		fprintf(stderr, "usage: ktls_bench [--mib 1..4096] [--rounds 1..%d] [--suite NAME]\n",
+			MAX_ROUNDS);
 		return 2;
 	}
 	size_t size = (size_t)mib << 20;
@@ -302,29 +327,43 @@ int main(int argc, char **argv)
 		unlink(path);
 		return 1;
 	}
-	struct result res[M_COUNT];
-	for (int m = 0; m < M_COUNT; m++)
-		measure(m, ctx, suite, path, size, &res[m]);
+	static struct result res[MAX_ROUNDS][M_COUNT];
+	for (int r = 0; r < rounds; r++)
+		for (int m = 0; m < M_COUNT; m++) /* interleaved: A B C D, A B C D, ... */
+			measure(m, ctx, suite, path, size, &res[r][m]);
 	unlink(path);
 
-	double base = res[M_OPENSSL].ok ? (double)size / res[M_OPENSSL].secs : 0;
-	printf("%s, %ld MiB, one connection per row, loopback\n\n", suite, mib);
+	printf("%s, %ld MiB, one connection per row and round, loopback, %ld rounds "
+	       "(median, and the rounds' range)\n\n", suite, mib, rounds);
 	printf("| server sends with | MiB/s | server CPU s/GiB | vs SSL_write |\n");
 	printf("|---|---:|---:|---:|\n");
+	int all = 1;
 	for (int m = 0; m < M_COUNT; m++) {
-		if (!res[m].ok) {
-			printf("| %s | - | - | %s |\n", method_names[m], res[m].why[0] ? res[m].why : "failed");
+		double rate[MAX_ROUNDS], cpu[MAX_ROUNDS], ratio[MAX_ROUNDS];
+		const char *why = NULL;
+		for (int r = 0; r < rounds; r++) {
+			const struct result *x = &res[r][m], *base = &res[r][M_OPENSSL];
+			if (!x->ok || !base->ok) {
+				why = !x->ok ? (x->why[0] ? x->why : "failed") : "SSL_write failed";
+				break;
+			}
+			rate[r] = (double)size / x->secs / (1 << 20);
+			cpu[r] = x->cpu / ((double)size / (1 << 30));
+			ratio[r] = base->secs / x->secs; /* the same bytes: the rates' ratio */
+		}
+		if (why) {
+			printf("| %s | - | - | %s |\n", method_names[m], why);
+			all = 0;
 			continue;
 		}
-		double rate = (double)size / res[m].secs;
-		printf("| %s | %.1f | %.1f | %s%.2fx |\n", method_names[m], rate / (1 << 20),
-		       res[m].cpu / ((double)size / (1 << 30)), base ? "" : "?", base ? rate / base : 0);
+		double rm = median(rate, (int)rounds), cm = median(cpu, (int)rounds);
+		double qm = median(ratio, (int)rounds); /* sorted now: [0] and [rounds-1] are the range */
+		printf("| %s | %.1f (%.1f-%.1f) | %.1f | %.2fx (%.2f-%.2f)%s |\n", method_names[m], rm,
+		       rate[0], rate[rounds - 1], cm, qm, ratio[0], ratio[rounds - 1],
+		       m == M_OPENSSL ? "" : ratio[0] <= 1.0 && 1.0 <= ratio[rounds - 1] ? ", even" : "");
 	}
 	SSL_CTX_free(ctx);
 	X509_free(cert);
 	EVP_PKEY_free(pkey);
-	int all = 1;
-	for (int m = 0; m < M_COUNT; m++)
-		all &= res[m].ok;
 	return all ? 0 : 1;
 }

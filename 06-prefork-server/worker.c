@@ -128,8 +128,9 @@ static void conn_close(struct worker *w, struct conn *c)
  * never reads application data, and OpenSSL read no byte past the client's
  * Finished), so the kernel starts exactly where the socket stands. A
  * worker that died before its ack may have begun this on the same socket:
- * ktls_install then checks what it left (KTLS_ADOPTED). 0: in the kernel (c->tls freed, its keys wiped), or TCP_ULP refused with the
- * socket untouched (c keeps the record layer); -1: half installed, close.
+ * ktls_install then checks what it left (KTLS_ADOPTED). 0: in the kernel
+ * (c->tls freed, its keys wiped), or TCP_ULP refused with the socket
+ * untouched (c keeps the record layer); -1: half installed, close.
  * TCP_ULP attaches to an established connection only: a client that has
  * already sent its FIN (CLOSE_WAIT) gets ENOTCONN, and the record layer
  * serves what it sent before it.
@@ -178,9 +179,10 @@ static int conn_to_kernel(struct worker *w, struct conn *c)
 /* Takes fd over: it becomes one of this worker's connections, or is closed.
  * With a session state (--tls; the len bytes at state, wiped here), it
  * carries the session on with stage 05's record layer, or in the kernel
- * (--ktls). 0: added; -1: out of room, or kTLS half installed: closed; -2: a state that does not decode (fail closed: the
- * connection is acknowledged, so never sent again, and closed, as no one
- * can speak its session). */
+ * (--ktls). 0: added; -1: out of room, or kTLS half installed: closed; -2:
+ * a state that does not decode (fail closed: the connection is
+ * acknowledged, so never sent again, and closed, as no one can speak its
+ * session). */
 int conn_add(struct worker *w, int fd, const uint8_t *state, size_t len)
 {
 	static struct handoff_state hs; /* large: not on the stack */

@@ -234,13 +234,32 @@ def test_install_checks_what_a_first_holder_left():
     r = run("05-ssl/ktls_test")
     lines = r.stdout.splitlines()
     assert lines[-1] == "result: ktls_test=pass cases=10", r.stdout
-    assert sum(": ADOPTED" in l for l in lines) == 4 and sum(": BROKEN (EPROTO)" in l for l in lines) == 5
+    assert sum(": ADOPTED" in l for l in lines) == 4
+    assert sum(": BROKEN (EPROTO)" in l for l in lines) == 5
 
 
 @pytest.mark.skipif(HAVE_KTLS, reason="this kernel has kTLS: see the test above")
 def test_install_checks_say_there_is_no_ktls_here():
     r = run("05-ssl/ktls_test", expect=1)
     assert r.stderr.startswith("ktls_test: no kernel TLS here (setsockopt TCP_ULP")
+
+
+def test_bulk_bench_rounds_and_rows():
+    """05-ssl/ktls_bench, small: two interleaved rounds of the four ways, each
+    row a median with its range; without kTLS the first two rows say why
+    (and it exits 1: not every way could run)."""
+    r = run("05-ssl/ktls_bench", "--mib", "1", "--rounds", "2", expect=0 if HAVE_KTLS else 1)
+    rows = [l for l in r.stdout.splitlines() if l.startswith("| ") and "---" not in l][1:]
+    assert [l.split(" | ")[0] for l in rows] == [
+        "| sendfile over kernel TLS", "| write over kernel TLS",
+        "| stage 05 record layer (libcrypto)", "| OpenSSL SSL_write"]
+    number = r"\d+\.\d \(\d+\.\d-\d+\.\d\) \| \d+\.\d \| \d\.\d\dx \(\d\.\d\d-\d\.\d\d\)(, even)? \|"
+    for row in rows[2:] + (rows[:2] if HAVE_KTLS else []):
+        assert re.search(number, row), row
+    assert rows[3].endswith("| 1.00x (1.00-1.00) |")
+    if not HAVE_KTLS:
+        assert rows[0].endswith("| - | - | no kernel TLS: ENOENT |")
+    run("05-ssl/ktls_bench", "--rounds", "0", expect=2)
 
 
 # ---------------------------------------------------------------------------
@@ -385,7 +404,8 @@ def test_06_key_update_ends_the_connection_with_an_alert(serve):
     in a kernel before 6.14, which cannot take the client's next key, the
     worker ends the connection with internal_error and answers nothing."""
     s = serve(PROG06, "--workers", "1", "--tls", "--ktls", "force")
-    p = subprocess.Popen(["openssl", "s_client", "-tls1_3", "-crlf", "-connect", f"127.0.0.1:{s.port}"],
+    p = subprocess.Popen(["openssl", "s_client", "-tls1_3", "-crlf", "-connect",
+                          f"127.0.0.1:{s.port}"],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         p.stdin.write(b"GET /1 HTTP/1.1\n\n")

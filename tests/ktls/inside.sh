@@ -3,7 +3,8 @@
 #
 #   inside.sh REPO test    tests/test_ktls.py, with pytest
 #   inside.sh REPO bench   the bulk-send comparison (05-ssl/ktls_bench), a markdown
-#                          table per suite
+#                          table per suite; then stage 06 under wrk, the workers'
+#                          record layer against kernel TLS (bench/ktls_06.py)
 #
 # The repository is read-only here: no bytecode files, no pytest cache; the
 # binaries were built on the host before the guest started.
@@ -19,7 +20,8 @@ bench)
     for suite in TLS_AES_128_GCM_SHA256 TLS_CHACHA20_POLY1305_SHA256; do
         05-ssl/ktls_bench --mib 16 --suite $suite || exit 1
         echo
-    done ;;
+    done
+    exec /usr/bin/python3 bench/ktls_06.py ;;
 *)
     echo "inside.sh: unknown run '$2'" >&2
     exit 2 ;;

@@ -358,7 +358,7 @@ int main(int argc, char **argv)
 		}
 		double rm = median(rate, (int)rounds), cm = median(cpu, (int)rounds);
 		double qm = median(ratio, (int)rounds); /* sorted now: [0] and [rounds-1] are the range */
-		printf("| %s | %.1f (%.1f-%.1f) | %.1f | %.2fx (%.2f-%.2f)%s |\n", method_names[m], rm,
+		printf("| %s | %.1f (%.1f–%.1f) | %.1f | %.2f× (%.2f–%.2f)%s |\n", method_names[m], rm,
 		       rate[0], rate[rounds - 1], cm, qm, ratio[0], ratio[rounds - 1],
 		       m == M_OPENSSL ? "" : ratio[0] <= 1.0 && 1.0 <= ratio[rounds - 1] ? ", even" : "");
 	}

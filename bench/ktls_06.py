@@ -73,7 +73,7 @@ def one_run(ktls, seconds):
 
 
 def spread(xs):
-    return f"{min(xs):.2f}-{max(xs):.2f}"
+    return f"{min(xs):.2f}–{max(xs):.2f}"
 
 
 def main():
@@ -93,10 +93,10 @@ def main():
           "| CPU ms per 1,000 requests: record | kernel |")
     print("|---:|---:|---:|---:|---:|---:|")
     for i, (r, k) in enumerate(zip(rec, ker), 1):
-        print(f"| {i} | {r[0]:.0f} | {k[0]:.0f} | {k[0] / r[0]:.2f}x | {r[1]:.1f} | {k[1]:.1f} |")
+        print(f"| {i} | {r[0]:.0f} | {k[0]:.0f} | {k[0] / r[0]:.2f}× | {r[1]:.1f} | {k[1]:.1f} |")
     med = statistics.median
     print(f"| median | {med(x[0] for x in rec):.0f} | {med(x[0] for x in ker):.0f} "
-          f"| {med(ratios):.2f}x ({spread(ratios)}) | {med(x[1] for x in rec):.1f} "
+          f"| {med(ratios):.2f}× ({spread(ratios)}) | {med(x[1] for x in rec):.1f} "
           f"| {med(x[1] for x in ker):.1f} |")
 
     def verdict(xs, more_is_better):
@@ -106,7 +106,7 @@ def main():
         return "kernel TLS ahead in every round" if ahead else "record layer ahead in every round"
 
     print(f"\nrequests/s: {verdict(ratios, True)}; server CPU per request: "
-          f"{verdict(cpu_ratios, False)} (kernel / record {med(cpu_ratios):.2f}x, "
+          f"{verdict(cpu_ratios, False)} (kernel / record {med(cpu_ratios):.2f}×, "
           f"{spread(cpu_ratios)})")
     return 0
 

@@ -9,7 +9,7 @@ $(eval $(call prog,bench/fdpass_bench,bench/fdpass_bench.c $(FDPASS) $(COMMON)))
 # directory by bench/run.py, never as a system service.
 bench: all need-bench
 	@py=$$($(NEED) python) && $$py bench/run.py
-	@{ printf '\n## Kernel TLS: bulk sends in a qemu guest (make bench-ktls)\n\n'; \
+	@{ printf '\n## Kernel TLS: bulk sends and stage 06 in a qemu guest (make bench-ktls)\n\n'; \
 	   printf 'The host kernel has no TLS; 05-ssl/README.md explains the guest.\n\n```text\n'; \
 	   $(MAKE) -s --no-print-directory bench-ktls-if-possible 2>&1; printf '```\n'; } \
 	 | tee -a bench/RESULTS.md

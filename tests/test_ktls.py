@@ -253,10 +253,10 @@ def test_bulk_bench_rounds_and_rows():
     assert [l.split(" | ")[0] for l in rows] == [
         "| sendfile over kernel TLS", "| write over kernel TLS",
         "| stage 05 record layer (libcrypto)", "| OpenSSL SSL_write"]
-    number = r"\d+\.\d \(\d+\.\d-\d+\.\d\) \| \d+\.\d \| \d\.\d\dx \(\d\.\d\d-\d\.\d\d\)(, even)? \|"
+    number = r"\d+\.\d \(\d+\.\d–\d+\.\d\) \| \d+\.\d \| \d\.\d\d× \(\d\.\d\d–\d\.\d\d\)(, even)? \|"
     for row in rows[2:] + (rows[:2] if HAVE_KTLS else []):
         assert re.search(number, row), row
-    assert rows[3].endswith("| 1.00x (1.00-1.00) |")
+    assert rows[3].endswith("| 1.00× (1.00–1.00) |")
     if not HAVE_KTLS:
         assert rows[0].endswith("| - | - | no kernel TLS: ENOENT |")
     run("05-ssl/ktls_bench", "--rounds", "0", expect=2)

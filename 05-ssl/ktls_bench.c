@@ -333,8 +333,7 @@ int main(int argc, char **argv)
 			measure(m, ctx, suite, path, size, &res[r][m]);
 	unlink(path);
 
-	printf("%s, %ld MiB, one connection per row and round, loopback, %ld rounds "
-	       "(median, and the rounds' range)\n\n", suite, mib, rounds);
+	printf("%s, %ld MiB, loopback, %ld rounds: median (range)\n\n", suite, mib, rounds);
 	printf("| server sends with | MiB/s | server CPU s/GiB | vs SSL_write |\n");
 	printf("|---|---:|---:|---:|\n");
 	int all = 1;

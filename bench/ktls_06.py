@@ -87,10 +87,10 @@ def main():
             into.append(one_run(ktls, a.seconds))
     ratios = [k[0] / r[0] for r, k in zip(rec, ker)]
     cpu_ratios = [k[1] / r[1] for r, k in zip(rec, ker)]
-    print(f"Stage 06 --tls, 2 workers, wrk -t1 -c8 keep-alive, {a.seconds} s per run, "
-          f"{a.rounds} rounds (record layer, kernel, record layer, kernel, ...)\n")
+    print(f"Stage 06 --tls, 2 workers, wrk -t1 -c8 keep-alive, {a.seconds} s a run, "
+          f"{a.rounds} rounds (A B A B ...)\n")
     print("| round | record layer req/s | kernel TLS req/s | kernel / record "
-          "| CPU ms per 1,000 requests: record | kernel |")
+          "| CPU ms/1k req: record | kernel |")
     print("|---:|---:|---:|---:|---:|---:|")
     for i, (r, k) in enumerate(zip(rec, ker), 1):
         print(f"| {i} | {r[0]:.0f} | {k[0]:.0f} | {k[0] / r[0]:.2f}× | {r[1]:.1f} | {k[1]:.1f} |")
@@ -105,9 +105,10 @@ def main():
         ahead = (min(xs) > 1.0) == more_is_better
         return "kernel TLS ahead in every round" if ahead else "record layer ahead in every round"
 
-    print(f"\nrequests/s: {verdict(ratios, True)}; server CPU per request: "
-          f"{verdict(cpu_ratios, False)} (kernel / record {med(cpu_ratios):.2f}×, "
-          f"{spread(cpu_ratios)})")
+    print(f"\nrequests/s, kernel / record: {med(ratios):.2f}× ({spread(ratios)}): "
+          f"{verdict(ratios, True)}")
+    print(f"CPU per request, kernel / record: {med(cpu_ratios):.2f}× ({spread(cpu_ratios)}): "
+          f"{verdict(cpu_ratios, False)}")
     return 0
 
 

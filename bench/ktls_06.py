@@ -15,7 +15,6 @@ of 1.0 is called even. Not a lesson: measurement machinery.
 """
 
 import argparse
-import os
 import re
 import select
 import signal
@@ -24,26 +23,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run  # noqa: E402  (bench/run.py: its /proc reading and its ratios and verdicts)
+
 ROOT = Path(__file__).resolve().parents[1]
 PROG = ROOT / "06-prefork-server" / "handoff_server"
-TICK = os.sysconf("SC_CLK_TCK")
 MODES = [("record layer", "off"), ("kernel TLS", "force")]
-
-
-def group_cpu(pid):
-    """User + system seconds of pid and its live children."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                rest = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(entry) == pid or int(rest[1]) == pid:
-            total += int(rest[11]) + int(rest[12])  # utime, stime
-    return total / TICK
 
 
 def one_run(ktls, seconds):
@@ -55,11 +40,11 @@ def one_run(ktls, seconds):
         if not select.select([p.stdout], [], [], 30)[0]:
             raise SystemExit("ktls_06: the server said nothing within 30 s")
         port = int(re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", p.stdout.readline()).group(1))
-        before = group_cpu(p.pid)
+        before = run.tree_cpu(p.pid)
         out = subprocess.run(["wrk", "-t1", "-c8", f"-d{seconds}s", "--timeout", "10s",
                               f"https://127.0.0.1:{port}/"], capture_output=True, text=True,
                              timeout=seconds + 60)
-        cpu = group_cpu(p.pid) - before
+        cpu = run.tree_cpu(p.pid) - before
         if out.returncode != 0 or "Non-2xx" in out.stdout or "Socket errors" in out.stdout:
             raise SystemExit(f"ktls_06: wrk failed against --ktls {ktls}:\n"
                              f"{out.stdout}{out.stderr}")
@@ -72,10 +57,6 @@ def one_run(ktls, seconds):
         p.stdout.close()
 
 
-def spread(xs):
-    return f"{min(xs):.2f}–{max(xs):.2f}"
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -85,8 +66,8 @@ def main():
     for _ in range(a.rounds):
         for (_, ktls), into in zip(MODES, (rec, ker)):  # A B, A B, ...
             into.append(one_run(ktls, a.seconds))
-    ratios = [k[0] / r[0] for r, k in zip(rec, ker)]
-    cpu_ratios = [k[1] / r[1] for r, k in zip(rec, ker)]
+    ratios = run.per_round([k[0] for k in ker], [r[0] for r in rec])
+    cpu_ratios = run.per_round([k[1] for k in ker], [r[1] for r in rec])
     print(f"Stage 06 --tls, 2 workers, wrk -t1 -c8 keep-alive, {a.seconds} s a run, "
           f"{a.rounds} rounds (A B A B ...)\n")
     print("| round | record layer req/s | kernel TLS req/s | kernel / record "
@@ -96,19 +77,12 @@ def main():
         print(f"| {i} | {r[0]:.0f} | {k[0]:.0f} | {k[0] / r[0]:.2f}× | {r[1]:.1f} | {k[1]:.1f} |")
     med = statistics.median
     print(f"| median | {med(x[0] for x in rec):.0f} | {med(x[0] for x in ker):.0f} "
-          f"| {med(ratios):.2f}× ({spread(ratios)}) | {med(x[1] for x in rec):.1f} "
-          f"| {med(x[1] for x in ker):.1f} |")
-
-    def verdict(xs, more_is_better):
-        if min(xs) <= 1.0 <= max(xs):
-            return "even (the rounds fall on both sides of 1.0)"
-        ahead = (min(xs) > 1.0) == more_is_better
-        return "kernel TLS ahead in every round" if ahead else "record layer ahead in every round"
-
-    print(f"\nrequests/s, kernel / record: {med(ratios):.2f}× ({spread(ratios)}): "
-          f"{verdict(ratios, True)}")
-    print(f"CPU per request, kernel / record: {med(cpu_ratios):.2f}× ({spread(cpu_ratios)}): "
-          f"{verdict(cpu_ratios, False)}")
+          f"| {run.ratio(ratios)} | {med(x[1] for x in rec):.1f} | {med(x[1] for x in ker):.1f} |")
+    says = {"even": "even (the rounds fall on both sides of 1.0)",
+            "ahead": "kernel TLS ahead in every round", "behind": "record layer ahead in every round"}
+    print(f"\nrequests/s, kernel / record: {run.ratio(ratios)}: {says[run.verdict(ratios)]}")
+    print(f"CPU per request, kernel / record: {run.ratio(cpu_ratios)}: "
+          f"{says[run.verdict(cpu_ratios, higher_is_better=False)]}")
     return 0
 
 

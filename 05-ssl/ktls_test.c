@@ -107,6 +107,10 @@ static int run_case(const struct tcase *t)
 	int fd = cfd < 0 ? -1 : accept(lfd, NULL, NULL);
 	if (fd < 0) {
 		printf("  %s: cannot make a loopback connection: %s\n", t->name, strerrorname_np(errno));
+		if (cfd >= 0)
+			close(cfd);
+		if (lfd >= 0)
+			close(lfd);
 		return 0;
 	}
 	/* The first holder: part of an install, with its own state. */

@@ -235,10 +235,10 @@ int conn_add(struct worker *w, int fd, const uint8_t *state, size_t len)
 static int conn_respond(struct worker *w, struct conn *c)
 {
 	while (!c->closing && OUT_MAX - c->out_len >= 512) {
-		size_t used, tlen;
+		size_t used, plen;
 		int ka;
-		const char *target;
-		int r = http_parse(c->in, c->in_len, &used, &ka, &target, &tlen);
+		const char *path; /* the request's path, inside c->in */
+		int r = http_parse(c->in, c->in_len, &used, &ka, &path, &plen);
 		if (r == HTTP_MORE) {
 			if (c->peer_eof)
 				c->closing = 1; /* half a request, and no more coming */
@@ -255,7 +255,7 @@ static int conn_respond(struct worker *w, struct conn *c)
 		if (w->draining)
 			ka = 0; /* shutting down: this is the connection's last answer */
 		if (w->cfg->verbose) {
-			say(w->n, "fd %d: GET %.*s -> 200 (%s)", c->fd, (int)tlen, target,
+			say(w->n, "fd %d: GET %.*s -> 200 (%s)", c->fd, (int)plen, path,
 			    ka ? "keep-alive: the connection stays with me" : "Connection: close");
 			ev(w->n, "respond", "client", "status=200 keep_alive=%d", ka);
 		}

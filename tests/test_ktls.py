@@ -112,6 +112,19 @@ def test_the_first_try_loads_the_module(serve, tmp_path):
     assert ktls_events(trace) == [1]
 
 
+@pytest.mark.skipif(not GUEST, reason="the guest's CPU and modules: run make test-ktls")
+def test_the_guest_kernel_seals_with_aes_ni():
+    """What the measurements of 05-ssl/README.md say of the guest: its
+    emulated CPU has AES-NI and PCLMULQDQ, and the kernel's AES-NI and
+    carry-less GHASH modules are loaded (tests/ktls/init)."""
+    with open("/proc/cpuinfo") as f:
+        flags = next(l for l in f if l.startswith("flags")).split()
+    assert "aes" in flags and "pclmulqdq" in flags
+    with open("/proc/modules") as f:
+        loaded = {l.split()[0] for l in f}
+    assert {"aesni_intel", "ghash_clmulni_intel"} <= loaded
+
+
 @needs_ktls
 def test_auto_uses_the_kernel_and_says_why(serve, tmp_path):
     trace = tmp_path / "t.jsonl"
@@ -306,6 +319,18 @@ def test_06_without_ktls_force_fails_and_auto_says_why_once(serve):
     said = [l for l in s.lines if "kernel TLS" in l]  # said once, by the dispatcher
     assert len(said) == 1 and "kernel TLS: not available here (setsockopt TCP_ULP" in said[0]
     assert said[0].endswith("the workers use their own record layer")
+
+
+@needs_ktls
+def test_06_without_ktls_the_sessions_stay_on_the_record_layer(serve):
+    """--ktls off is the default: nothing goes into the kernel, nothing is said."""
+    s = serve(PROG06, "--workers", "1", "--tls")
+    before = tls_stat()
+    assert t06.tls_get(s.port)[0] == 200
+    t06.counters_until(s, lambda c: c["acked"] == 1)
+    assert stat_delta(before) == (0, 0)
+    s.stop()
+    assert not [l for l in s.lines if "kernel TLS" in l]
 
 
 @needs_ktls
